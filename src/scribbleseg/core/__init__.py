@@ -1,0 +1,1 @@
+"""Headless core: numpy / torch / MONAI only. Never imports Qt or napari."""

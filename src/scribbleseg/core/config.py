@@ -1,0 +1,292 @@
+"""Frozen, validated configuration for the network, the losses and training.
+
+Every parameter the widget, the CLI or the Python API can set lives here; a
+bad value raises :class:`~scribbleseg.errors.ConfigError` naming the field.
+``to_dict`` / ``from_dict`` round-trip through JSON-safe dicts and refuse
+unknown fields, so a model file cannot smuggle in options we do not know.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, TypeVar
+
+from scribbleseg.errors import ConfigError
+
+__all__ = [
+    "ModelConfig",
+    "LossConfig",
+    "TrainConfig",
+    "NETWORK_FEATURES",
+    "default_patch_size",
+    "crf_window_radius",
+]
+
+NetworkSize = Literal["small", "large"]
+DeviceName = Literal["auto", "cpu", "cuda"]
+
+#: BasicUNet feature widths ``(f0, f1, f2, f3, f4, f_out)`` of the named sizes.
+#: "small" trains fast on two CPU cores; "large" is MONAI's default width, for GPUs.
+NETWORK_FEATURES: dict[str, tuple[int, int, int, int, int, int]] = {
+    "small": (16, 16, 32, 64, 128, 16),
+    "large": (32, 32, 64, 128, 256, 32),
+}
+
+_Config = TypeVar("_Config", "ModelConfig", "LossConfig", "TrainConfig")
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _tuple_or_none(value: Any, name: str) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} must be a sequence of integers, got {value!r}") from None
+
+
+class _DictMixin:
+    """``to_dict`` / ``from_dict`` shared by the config classes."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return a JSON-safe dict of every field (tuples become lists)."""
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(self):  # type: ignore[arg-type]
+            value = getattr(self, f.name)
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+        return out
+
+    @classmethod
+    def from_dict(cls: type[_Config], data: Mapping[str, Any]) -> _Config:
+        """Build a config from ``data``; unknown keys raise :class:`ConfigError`."""
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{cls.__name__} must be given a mapping, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"{cls.__name__} has no field(s) {', '.join(map(repr, unknown))}")
+        try:
+            return cls(**dict(data))
+        except TypeError as exc:  # e.g. a list where a number is expected
+            raise ConfigError(f"{cls.__name__}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class ModelConfig(_DictMixin):
+    """The network chosen by the user.
+
+    Parameters
+    ----------
+    size : {"small", "large"}
+        Width preset of the MONAI ``BasicUNet``; ignored when ``features`` is given.
+    features : tuple of 6 int, optional
+        Explicit BasicUNet widths ``(f0, f1, f2, f3, f4, f_out)``.
+    embedding_dim : int
+        Output width of the projection head used by the contrastive loss.
+    dropout : float
+        Dropout probability inside the U-Net.
+    """
+
+    size: NetworkSize = "small"
+    features: tuple[int, ...] | None = None
+    embedding_dim: int = 16
+    dropout: float = 0.0
+
+    def __post_init__(self) -> None:
+        _check(self.size in NETWORK_FEATURES, f"size must be one of {sorted(NETWORK_FEATURES)}, got {self.size!r}")
+        features = _tuple_or_none(self.features, "features")
+        object.__setattr__(self, "features", features)
+        if features is not None:
+            _check(len(features) == 6 and all(f > 0 for f in features), "features must be 6 positive integers")
+        _check(int(self.embedding_dim) >= 2, "embedding_dim must be at least 2")
+        _check(0.0 <= float(self.dropout) < 1.0, "dropout must be in [0, 1)")
+
+    @property
+    def resolved_features(self) -> tuple[int, ...]:
+        """The BasicUNet widths actually used."""
+        return self.features if self.features is not None else NETWORK_FEATURES[self.size]
+
+
+@dataclass(frozen=True)
+class LossConfig(_DictMixin):
+    """Weights and kernels of the training loss.
+
+    ``loss = pCE + dice_weight * partial Dice + contrastive_weight * contrastive
+    + crf_weight * CRF + dynamic_crf_weight * dynamic CRF``. A weight of 0 switches
+    the term off (and skips its computation).
+
+    Parameters
+    ----------
+    dice_weight : float
+        Weight of the partial Dice loss on labelled voxels.
+    contrastive_weight : float
+        Weight of the supervised local contrastive loss on decoder embeddings.
+    crf_weight : float
+        Weight of the dense-CRF / Potts loss with intensity + spatial kernel.
+    dynamic_crf_weight : float
+        Weight of the CRF loss whose kernel also uses the detached deep features.
+    temperature : float
+        Temperature of the contrastive loss.
+    contrastive_samples : int
+        Labelled voxels sampled (class-balanced) per patch for the contrastive loss.
+    crf_sigma_spatial : float
+        Spatial kernel width in units of the finest voxel spacing (physical units
+        divided by ``min(spacing)``), so anisotropic axes get narrower kernels in voxels.
+    crf_sigma_intensity : float
+        Intensity kernel width on normalised intensities (all channels).
+    crf_sigma_features : float
+        Feature kernel width on L2-normalised decoder features (dynamic CRF).
+    crf_window_radius : int
+        Window radius along the finest axis; other axes scale with the spacing.
+    warmup_steps : int
+        Regularizers are off before this step and ramp in linearly over the
+        next ``warmup_steps`` steps.
+    dynamic_start_step : int
+        First step at which the dynamic CRF is computed (the features need
+        some training before they mean anything).
+    """
+
+    dice_weight: float = 0.0
+    contrastive_weight: float = 0.1
+    crf_weight: float = 1.0
+    dynamic_crf_weight: float = 0.5
+    temperature: float = 0.1
+    contrastive_samples: int = 1024
+    crf_sigma_spatial: float = 5.0
+    crf_sigma_intensity: float = 0.15
+    crf_sigma_features: float = 0.5
+    crf_window_radius: int = 3
+    warmup_steps: int = 20
+    dynamic_start_step: int = 60
+
+    def __post_init__(self) -> None:
+        for name in ("dice_weight", "contrastive_weight", "crf_weight", "dynamic_crf_weight"):
+            value = float(getattr(self, name))
+            _check(math.isfinite(value) and value >= 0, f"{name} must be a finite number >= 0, got {value}")
+        for name in ("temperature", "crf_sigma_spatial", "crf_sigma_intensity", "crf_sigma_features"):
+            value = float(getattr(self, name))
+            _check(math.isfinite(value) and value > 0, f"{name} must be a finite number > 0, got {value}")
+        _check(int(self.contrastive_samples) >= 2, "contrastive_samples must be at least 2")
+        _check(1 <= int(self.crf_window_radius) <= 15, "crf_window_radius must be in [1, 15]")
+        _check(int(self.warmup_steps) >= 0, "warmup_steps must be >= 0")
+        _check(int(self.dynamic_start_step) >= 0, "dynamic_start_step must be >= 0")
+
+
+@dataclass(frozen=True)
+class TrainConfig(_DictMixin):
+    """How training runs.
+
+    Parameters
+    ----------
+    steps : int, optional
+        Number of optimiser steps. With neither ``steps`` nor ``time_budget``
+        training runs until stopped.
+    time_budget : float, optional
+        Wall-clock seconds after which training stops (checked between steps).
+    patch_size : tuple of int, optional
+        Spatial patch size ``([Z,] Y, X)``; default from :func:`default_patch_size`.
+    batch_size : int, optional
+        Patches per step; default 4 in 2D, 2 in 3D.
+    learning_rate : float
+        AdamW learning rate.
+    weight_decay : float
+        AdamW weight decay.
+    label_sampling_probability : float
+        Chance that a patch is centred on a labelled voxel (else anywhere).
+    point_radius : float
+        Radius of the ball drawn for each point annotation, in units of the
+        finest voxel spacing.
+    seed : int
+        Seed for torch, numpy and the patch sampler.
+    device : {"auto", "cpu", "cuda"}
+        ``auto`` takes CUDA when available.
+    amp : bool
+        Mixed precision on CUDA (bf16 where supported, else fp16).
+    num_threads : int, optional
+        CPU threads for torch; default leaves one core free for the UI.
+    preview_interval : float
+        Seconds between previews when the trainer is asked for them.
+    """
+
+    steps: int | None = None
+    time_budget: float | None = None
+    patch_size: tuple[int, ...] | None = None
+    batch_size: int | None = None
+    learning_rate: float = 3e-3
+    weight_decay: float = 1e-4
+    label_sampling_probability: float = 0.8
+    point_radius: float = 2.0
+    seed: int = 0
+    device: DeviceName = "auto"
+    amp: bool = True
+    num_threads: int | None = None
+    preview_interval: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.steps is not None:
+            _check(int(self.steps) >= 1, f"steps must be >= 1, got {self.steps}")
+        if self.time_budget is not None:
+            value = float(self.time_budget)
+            _check(math.isfinite(value) and value > 0, f"time_budget must be > 0 seconds, got {self.time_budget}")
+        patch = _tuple_or_none(self.patch_size, "patch_size")
+        object.__setattr__(self, "patch_size", patch)
+        if patch is not None:
+            _check(len(patch) in (2, 3), "patch_size must have 2 or 3 entries ([Z,] Y, X)")
+            _check(all(p >= 16 and p % 16 == 0 for p in patch), "patch_size entries must be multiples of 16")
+        if self.batch_size is not None:
+            _check(int(self.batch_size) >= 1, "batch_size must be >= 1")
+        _check(float(self.learning_rate) > 0, "learning_rate must be > 0")
+        _check(float(self.weight_decay) >= 0, "weight_decay must be >= 0")
+        _check(0.0 <= float(self.label_sampling_probability) <= 1.0, "label_sampling_probability must be in [0, 1]")
+        _check(float(self.point_radius) > 0, "point_radius must be > 0")
+        _check(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.num_threads is not None:
+            _check(int(self.num_threads) >= 1, "num_threads must be >= 1")
+        _check(float(self.preview_interval) > 0, "preview_interval must be > 0")
+
+
+def default_patch_size(spatial_shape: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[int, ...]:
+    """A patch size suited to the image: 128² in 2D, about 64³ physical in 3D.
+
+    Anisotropic axes get fewer voxels so the patch is roughly cubic in physical
+    space. Entries are multiples of 16 (the U-Net's total down-sampling) and
+    no larger than needed to cover the image.
+
+    Parameters
+    ----------
+    spatial_shape : tuple of int
+        ``([Z,] Y, X)`` shape of the image.
+    spacing : tuple of float
+        Physical voxel spacing, same length.
+
+    Returns
+    -------
+    tuple of int
+    """
+    target = 128 if len(spatial_shape) == 2 else 64
+    finest = min(spacing)
+    patch = []
+    for size, step in zip(spatial_shape, spacing, strict=True):
+        voxels = target * finest / step
+        voxels = max(16, int(round(voxels / 16)) * 16)
+        covering = max(16, int(math.ceil(size / 16)) * 16)
+        patch.append(min(voxels, covering))
+    return tuple(patch)
+
+
+def crf_window_radius(radius: int, spacing: tuple[float, ...]) -> tuple[int, ...]:
+    """Per-axis CRF window radius in voxels for an anisotropic ``spacing``.
+
+    ``radius`` applies to the finest axis; coarser axes get
+    ``ceil(radius * min(spacing) / spacing[i])`` voxels (at least 1).
+    """
+    finest = min(spacing)
+    return tuple(max(1, int(math.ceil(radius * finest / s - 1e-9))) for s in spacing)
+
