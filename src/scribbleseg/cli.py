@@ -1,0 +1,416 @@
+"""The ``scribbleseg`` command: train, predict, evaluate, export.
+
+Bad input ends with exit status 2 and one line on stderr naming the problem;
+never a traceback (``--debug`` shows one for unexpected errors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+from scribbleseg import __version__
+from scribbleseg.errors import InputError, ScribbleSegError
+
+__all__ = ["main", "build_parser"]
+
+PROG = "scribbleseg"
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 1
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose usage errors are one line and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 2,1,1, got {text!r}") from None
+    if not all(v > 0 and v < float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"spacing values must be positive, got {text!r}")
+    return values
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 128,128, got {text!r}") from None
+
+
+def _non_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _non_negative(text)
+    if value == 0:
+        raise argparse.ArgumentTypeError("expected a number > 0")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of the ``scribbleseg`` command."""
+    from scribbleseg.core.config import LossConfig
+
+    defaults = LossConfig()
+    parser = _Parser(
+        prog=PROG,
+        description="Train a segmentation network from scribbles, apply it, evaluate and export results.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show a traceback on unexpected errors")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    files = "(.tif/.tiff, .npy or .zarr; an OME-Zarr image reads level 0)"
+    train = sub.add_parser(
+        "train",
+        help="train a model from an image and sparse labels",
+        description=f"Train a model from IMAGE and sparse LABELS {files}. LABELS: 0 = unlabelled, "
+        "k >= 1 = class k. An IMAGE with one more dimension than LABELS has a channel axis.",
+    )
+    train.add_argument("image", metavar="IMAGE")
+    train.add_argument("labels", metavar="LABELS")
+    train.add_argument("-o", "--output", metavar="MODEL", required=True, help="model folder to write")
+    train.add_argument("--points", metavar="CSV", help="point annotations (napari Points CSV with a 'class' column)")
+    _add_image_options(train)
+    budget = train.add_mutually_exclusive_group()
+    budget.add_argument("--steps", type=_positive_int, help="number of training steps")
+    budget.add_argument(
+        "--time-budget", type=_positive_float, metavar="SECONDS", help="train for this many seconds (default 120)"
+    )
+    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    train.add_argument("--init", metavar="MODEL", help="warm-start from this model (same classes and channels)")
+    train.add_argument("--network", choices=["small", "large"], default="small", help="network size")
+    train.add_argument("--patch-size", type=_ints, metavar="[Z,]Y,X", help="training patch size (multiples of 16)")
+    train.add_argument("--batch-size", type=_positive_int, help="patches per step (default 4 in 2D, 2 in 3D)")
+    train.add_argument("--learning-rate", type=_positive_float, help="AdamW learning rate")
+    train.add_argument(
+        "--contrastive-weight",
+        type=_non_negative,
+        default=defaults.contrastive_weight,
+        metavar="W",
+        help=f"weight of the supervised contrastive loss (0 = off; default {defaults.contrastive_weight})",
+    )
+    train.add_argument(
+        "--crf-weight",
+        type=_non_negative,
+        default=defaults.crf_weight,
+        metavar="W",
+        help=f"weight of the dense-CRF loss (0 = off; default {defaults.crf_weight})",
+    )
+    train.add_argument(
+        "--dynamic-crf-weight",
+        type=_non_negative,
+        default=defaults.dynamic_crf_weight,
+        metavar="W",
+        help=f"weight of the deep-feature CRF loss (0 = off; default {defaults.dynamic_crf_weight})",
+    )
+    train.add_argument("--background-class", type=int, metavar="K", help="class value that is background")
+    train.add_argument("--quiet", action="store_true", help="no progress lines")
+    train.set_defaults(func=_cmd_train)
+
+    predict = sub.add_parser(
+        "predict",
+        help="apply a model to an image",
+        description=f"Predict the classes of every voxel of IMAGE {files} with MODEL.",
+    )
+    predict.add_argument("model", metavar="MODEL")
+    predict.add_argument("image", metavar="IMAGE")
+    predict.add_argument("-o", "--output", metavar="OUT", required=True, help="labels file to write")
+    predict.add_argument(
+        "--probabilities", metavar="OUT", help="also write class probabilities (K, [Z,] Y, X) float32"
+    )
+    _add_image_options(predict)
+    predict.add_argument("--tta", action="store_true", help="average over flipped copies (slower)")
+    predict.set_defaults(func=_cmd_predict)
+
+    evaluate = sub.add_parser(
+        "evaluate",
+        help="Dice and IoU of a prediction against ground truth",
+        description="Print per-class Dice and IoU of PRED against GT as JSON.",
+    )
+    evaluate.add_argument("prediction", metavar="PRED")
+    evaluate.add_argument("ground_truth", metavar="GT")
+    evaluate.add_argument(
+        "--background-class", type=int, metavar="K", help="leave class K out of the foreground mean"
+    )
+    evaluate.set_defaults(func=_cmd_evaluate)
+
+    export = sub.add_parser(
+        "export",
+        help="write labels as TIFF / OME-TIFF / zarr",
+        description="Convert LABELS to OUT (.tif, .ome.tif, .zarr or .npy), optionally writing one class as 0.",
+    )
+    export.add_argument("labels", metavar="LABELS")
+    export.add_argument("-o", "--output", metavar="OUT", required=True)
+    export.add_argument("--background-class", type=int, metavar="K", help="write class K as 0")
+    export.add_argument("--spacing", type=_floats, metavar="[Z,]Y,X", help="physical voxel spacing to record")
+    export.set_defaults(func=_cmd_export)
+    return parser
+
+
+def _add_image_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--channel-axis", type=int, metavar="N", help="channel axis of IMAGE (default 0)")
+    parser.add_argument(
+        "--spacing", type=_floats, metavar="[Z,]Y,X", help="physical voxel spacing (default: from the file, else 1)"
+    )
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
+
+
+# --------------------------------------------------------------------------- helpers
+def _say(message: str) -> None:
+    print(f"{PROG}: {message}", file=sys.stderr, flush=True)
+
+
+def _image_source(args: argparse.Namespace, image_path: str, spatial_dims: int) -> Any:
+    """Open IMAGE lazily with the channel rule of the CLI contract."""
+    from scribbleseg.core.volume import ImageSource
+    from scribbleseg.io.arrays import read_array
+
+    image = read_array(image_path, lazy=True)
+    ndim = image.data.ndim
+    if ndim == spatial_dims + 1:
+        channel_axis = args.channel_axis if args.channel_axis is not None else 0
+        if not -ndim <= channel_axis < ndim:
+            raise InputError(f"--channel-axis {channel_axis} is out of range for an image with {ndim} axes")
+    elif ndim == spatial_dims:
+        if args.channel_axis is not None:
+            raise InputError(
+                f"--channel-axis was given but IMAGE {image_path} has no extra axis "
+                f"(shape {tuple(image.data.shape)}, {spatial_dims} spatial axes)"
+            )
+        channel_axis = None
+    else:
+        raise InputError(
+            f"IMAGE {image_path} has shape {tuple(image.data.shape)}: expected {spatial_dims} spatial axes, "
+            f"or {spatial_dims + 1} with a channel axis"
+        )
+    spacing = args.spacing or image.spacing
+    if spacing is not None and len(spacing) != spatial_dims:
+        if args.spacing is not None:
+            raise InputError(f"--spacing has {len(spacing)} values but the image has {spatial_dims} spatial axes")
+        spacing = None
+    return ImageSource(image.data, channel_axis=channel_axis, spacing=spacing)
+
+
+def _print_progress(update: Any, last_print: float) -> float:
+    now = time.perf_counter()
+    if update.done or now - last_print >= 5.0:
+        terms = " ".join(f"{k} {v:.4f}" for k, v in update.terms.items())
+        _say(f"step {update.step:5d}  {update.elapsed:6.1f} s  loss {update.loss:.4f}  ({terms})")
+        return now
+    return last_print
+
+
+# --------------------------------------------------------------------------- commands
+def _cmd_train(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from scribbleseg.core.annotations import check_labels, labels_to_target
+    from scribbleseg.core.config import LossConfig, ModelConfig, TrainConfig
+    from scribbleseg.core.engine import Trainer
+    from scribbleseg.io.arrays import read_array
+    from scribbleseg.io.checkpoint import load_model, save_model
+    from scribbleseg.io.points import read_points_csv
+
+    labels_file = read_array(args.labels, lazy=True)
+    spatial_dims = labels_file.data.ndim
+    if spatial_dims not in (2, 3):
+        raise InputError(
+            f"LABELS {args.labels} has shape {tuple(labels_file.data.shape)}: expected a 2D or 3D array"
+        )
+    source = _image_source(args, args.image, spatial_dims)
+    labels = np.asarray(check_labels(labels_file.data, spatial_shape=source.spatial_shape))
+    points = point_classes = None
+    if args.points:
+        points, point_classes = read_points_csv(args.points, ndim=spatial_dims)
+    train_options: dict[str, Any] = {"seed": args.seed, "device": args.device}
+    if args.steps is None and args.time_budget is None:
+        train_options["time_budget"] = 120.0
+    else:
+        train_options.update(steps=args.steps, time_budget=args.time_budget)
+    for name in ("patch_size", "batch_size", "learning_rate"):
+        if getattr(args, name) is not None:
+            train_options[name] = getattr(args, name)
+    train_config = TrainConfig(**train_options)
+    loss_config = LossConfig(
+        contrastive_weight=args.contrastive_weight,
+        crf_weight=args.crf_weight,
+        dynamic_crf_weight=args.dynamic_crf_weight,
+    )
+    target = labels_to_target(
+        labels,
+        points=points,
+        point_classes=point_classes,
+        spacing=source.spacing,
+        point_radius=train_config.point_radius,
+        background=args.background_class,
+    )
+    init_model = None
+    if args.init:
+        init_model, init_meta = load_model(args.init, device="cpu")
+        if tuple(init_meta.class_values) != tuple(target.class_map.values):
+            raise InputError(
+                f"--init model {args.init} was trained on classes {list(init_meta.class_values)} but LABELS "
+                f"has classes {list(target.class_map.values)}"
+            )
+    _say(
+        f"training on {source.spatial_shape} image, {source.n_channels} channel(s), classes "
+        f"{list(target.class_map.values)}, {len(target.index)} labelled voxels"
+    )
+    trainer = Trainer(
+        source,
+        target,
+        model_config=ModelConfig(size=args.network),
+        loss_config=loss_config,
+        train_config=train_config,
+        init_model=init_model,
+    )
+    _say(f"device {trainer.device}, patch {trainer.patch_size}, batch {trainer.batch_size}")
+    last_print = time.perf_counter()
+    for update in trainer.run():
+        if not args.quiet:
+            last_print = _print_progress(update, last_print)
+    path = save_model(args.output, trainer.model, trainer.metadata())
+    _say(f"saved model after {trainer.step} steps ({trainer.seconds:.1f} s) to {path}")
+    return 0
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from scribbleseg.core.inference import predict_probabilities, probabilities_to_labels, resolve_device
+    from scribbleseg.io.arrays import write_array
+    from scribbleseg.io.checkpoint import load_model
+
+    try:
+        device = resolve_device(args.device)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    model, meta = load_model(args.model, device=device)
+    source = _image_source(args, args.image, meta.spatial_dims)
+    if source.n_channels != meta.in_channels:
+        raise InputError(
+            f"IMAGE {args.image} has {source.n_channels} channel(s) but model {args.model} expects "
+            f"{meta.in_channels}; use --channel-axis to pick the channel axis"
+        )
+    start = time.perf_counter()
+    probabilities = predict_probabilities(model, source, device=device, tta=args.tta)
+    labels = probabilities_to_labels(probabilities, meta.class_values)
+    write_array(args.output, labels, spacing=source.spacing)
+    if args.probabilities:
+        write_array(args.probabilities, probabilities, spacing=None)
+    _say(f"predicted {source.spatial_shape} in {time.perf_counter() - start:.1f} s -> {args.output}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from scribbleseg.core.metrics import dice_iou
+    from scribbleseg.io.arrays import read_array
+
+    prediction = read_array(args.prediction, lazy=True).data
+    ground_truth = read_array(args.ground_truth, lazy=True).data
+    if tuple(prediction.shape) != tuple(ground_truth.shape):
+        raise InputError(
+            f"PRED shape {tuple(prediction.shape)} differs from GT shape {tuple(ground_truth.shape)}"
+        )
+    scores = dice_iou(prediction, ground_truth, ignore_value=0)
+    foreground = [v for v in scores if v != args.background_class]
+    report = {
+        "classes": {str(v): scores[v] for v in scores},
+        "mean_dice": _mean([scores[v]["dice"] for v in scores]),
+        "mean_iou": _mean([scores[v]["iou"] for v in scores]),
+        "mean_foreground_dice": _mean([scores[v]["dice"] for v in foreground]),
+    }
+    print(json.dumps(report, indent=2))
+    return 0
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(sum(values) / len(values)) if values else None
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    import dask.array as da
+
+    from scribbleseg.io.arrays import read_array, write_array
+
+    labels = read_array(args.labels, lazy=True)
+    data = labels.data
+    if data.dtype.kind not in "uib":
+        raise InputError(f"LABELS {args.labels} has dtype {data.dtype}; labels must be integers")
+    if args.background_class is not None:
+        background = args.background_class
+        data = da.asarray(data)
+        data = da.where(data == background, 0, data).astype(data.dtype)
+    write_array(args.output, data, spacing=args.spacing or labels.spacing)
+    _say(f"wrote {args.output}")
+    return 0
+
+
+# --------------------------------------------------------------------------- entry point
+def _show_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+    _say(f"warning: {message}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    previous = warnings.showwarning
+    warnings.showwarning = _show_warning
+    try:
+        return int(args.func(args))
+    except ScribbleSegError as exc:
+        _say(f"error: {_one_line(exc)}")
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        _say("interrupted")
+        return 130
+    except MemoryError:
+        _say("error: out of memory; try a smaller --patch-size / --batch-size or a machine with more memory")
+        return EXIT_BAD_INPUT
+    except OSError as exc:  # disk full, permission denied … on paths the user gave us
+        _say(f"error: {_one_line(exc)}")
+        return EXIT_BAD_INPUT
+    except Exception as exc:
+        if args.debug:
+            raise
+        _say(f"internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for details)")
+        return EXIT_INTERNAL
+    finally:
+        warnings.showwarning = previous
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+

@@ -1,0 +1,409 @@
+"""Training as a generator of small, frozen update records.
+
+The CLI, the tests and the napari widget all drive the same :class:`Trainer`:
+
+>>> trainer = Trainer(source, target, train_config=TrainConfig(steps=200))  # doctest: +SKIP
+>>> for update in trainer.run():  # doctest: +SKIP
+...     print(update.step, update.loss)
+
+Thread-safety: :meth:`Trainer.run` runs in one (worker) thread; :meth:`stop`,
+:meth:`add_labels` and :meth:`set_preview_region` may be called from any other
+thread. New labels are applied, and a stop is honoured, between two steps.
+"""
+
+from __future__ import annotations
+
+import math
+import queue
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+
+from scribbleseg.core.annotations import SparseTarget
+from scribbleseg.core.config import LossConfig, ModelConfig, TrainConfig, crf_window_radius, default_patch_size
+from scribbleseg.core.inference import autocast_context, predict_region, probabilities_to_labels, resolve_device
+from scribbleseg.core.losses import crf_loss, partial_cross_entropy, partial_dice_loss, supervised_contrastive_loss
+from scribbleseg.core.models import ScribbleNet, build_model
+from scribbleseg.core.sampling import PatchSampler
+from scribbleseg.core.volume import ImageSource
+from scribbleseg.errors import ConfigError
+
+if TYPE_CHECKING:
+    from scribbleseg.io.checkpoint import ModelMetadata
+
+__all__ = ["Preview", "TrainUpdate", "Trainer"]
+
+StopReason = Literal["steps", "time", "stopped"]
+
+
+@dataclass(frozen=True)
+class Preview:
+    """Prediction of the region the user is looking at.
+
+    Attributes
+    ----------
+    region : tuple of slice
+        Spatial region in image coordinates.
+    labels : ndarray
+        Predicted class values over ``region``.
+    probabilities : (K, *region) float32 ndarray
+    step : int
+        Training step the prediction was made after.
+    """
+
+    region: tuple[slice, ...]
+    labels: np.ndarray
+    probabilities: np.ndarray
+    step: int
+
+
+@dataclass(frozen=True)
+class TrainUpdate:
+    """One training step's report.
+
+    Attributes
+    ----------
+    step : int
+        Steps done so far (in this and earlier runs of the trainer).
+    elapsed : float
+        Seconds since this run started.
+    loss : float
+        Total weighted loss of the step.
+    terms : mapping of str to float
+        Unweighted loss terms (``pce``, ``dice``, ``contrastive``, ``crf``, ``dynamic_crf``) that were computed.
+    labelled_voxels : int
+        Labelled voxels the trainer currently uses (grows as strokes arrive).
+    preview : Preview or None
+    done : bool
+        True on the last record of a run.
+    reason : {"steps", "time", "stopped"} or None
+        Why the run ended (only when ``done``).
+    """
+
+    step: int
+    elapsed: float
+    loss: float
+    terms: Mapping[str, float]
+    labelled_voxels: int
+    preview: Preview | None = None
+    done: bool = False
+    reason: StopReason | None = None
+
+
+@dataclass
+class _PendingLabels:
+    region: tuple[slice, ...]
+    labels: np.ndarray
+
+
+@dataclass
+class _Clock:
+    started: float = field(default_factory=time.perf_counter)
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.started
+
+
+class Trainer:
+    """Trains a :class:`ScribbleNet` from sparse labels.
+
+    Parameters
+    ----------
+    source : ImageSource
+        The image; its normalisation statistics are computed (from a sample) here.
+    target : SparseTarget
+        Labels as training targets; updated in place by :meth:`add_labels`.
+    model_config, loss_config, train_config : optional
+        Defaults when omitted.
+    init_model : ScribbleNet, optional
+        Warm start: weights are copied from this model (it must have the same
+        spatial dims, channels and classes).
+    """
+
+    def __init__(
+        self,
+        source: ImageSource,
+        target: SparseTarget,
+        *,
+        model_config: ModelConfig | None = None,
+        loss_config: LossConfig | None = None,
+        train_config: TrainConfig | None = None,
+        init_model: ScribbleNet | None = None,
+    ) -> None:
+        self.source = source
+        self.target = target
+        self.model_config = model_config or ModelConfig()
+        self.loss_config = loss_config or LossConfig()
+        self.train_config = train = train_config or TrainConfig()
+        self.class_map = target.class_map
+        num_classes = len(self.class_map.values)
+        spatial_dims = source.spatial_dims
+
+        if train.num_threads is not None:
+            torch.set_num_threads(int(train.num_threads))
+        torch.manual_seed(train.seed)
+        self._rng = np.random.default_rng(train.seed)
+        self._generator = torch.Generator().manual_seed(train.seed)
+        self.device = resolve_device(train.device)
+        self.normalisation = source.normalisation
+
+        self.model = build_model(
+            self.model_config, spatial_dims=spatial_dims, in_channels=source.n_channels, num_classes=num_classes
+        )
+        if init_model is not None:
+            self._warm_start(init_model)
+        self.model.to(self.device)
+
+        patch = train.patch_size or default_patch_size(source.spatial_shape, source.spacing)
+        if len(patch) != spatial_dims:
+            raise ConfigError(f"patch_size {patch} has {len(patch)} axes but the image has {spatial_dims}")
+        self.patch_size = tuple(patch)
+        self.batch_size = train.batch_size or (4 if spatial_dims == 2 else 2)
+        self.sampler = PatchSampler(
+            source,
+            target,
+            patch_size=self.patch_size,
+            batch_size=self.batch_size,
+            label_probability=train.label_sampling_probability,
+            rng=self._rng,
+        )
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay
+        )
+        self._amp_dtype = None
+        if train.amp and self.device.type == "cuda":
+            self._amp_dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        self._scaler = torch.amp.GradScaler("cuda", enabled=self._amp_dtype == torch.float16)
+
+        spacing = tuple(float(s) for s in source.spacing)
+        self._crf_spacing = spacing
+        self._crf_radius = crf_window_radius(self.loss_config.crf_window_radius, spacing)
+        self._crf_sigma_spatial = self.loss_config.crf_sigma_spatial * min(spacing)
+
+        self.step = 0
+        self.seconds = 0.0
+        self._stop = threading.Event()
+        self._pending: queue.SimpleQueue[_PendingLabels] = queue.SimpleQueue()
+        self._preview_lock = threading.Lock()
+        self._preview_region: tuple[slice, ...] | None = None
+        self._preview_due = True
+
+    # ----------------------------------------------------------------- control
+    def stop(self) -> None:
+        """Ask :meth:`run` to finish after the current step (thread-safe)."""
+        self._stop.set()
+
+    def add_labels(self, region: Sequence[slice], labels: np.ndarray) -> None:
+        """Queue new user labels (class values, 0 = unlabelled) for ``region`` (thread-safe).
+
+        They replace the region's labels before the next step.
+        """
+        self._pending.put(_PendingLabels(tuple(region), np.array(labels, copy=True)))
+
+    def set_preview_region(self, region: Sequence[slice] | None) -> None:
+        """Region to preview while training (None: no previews). Thread-safe."""
+        with self._preview_lock:
+            self._preview_region = tuple(region) if region is not None else None
+            self._preview_due = True
+
+    @property
+    def labelled_voxels(self) -> int:
+        """Number of labelled voxels currently used for training."""
+        return len(self.target.index)
+
+    # ------------------------------------------------------------------- train
+    def run(self) -> Iterator[TrainUpdate]:
+        """Train, yielding a :class:`TrainUpdate` after every step.
+
+        Ends after ``steps`` steps or ``time_budget`` seconds (counted from this
+        call), or at the step after :meth:`stop`. The last record has ``done``.
+        Calling ``run`` again continues from the current weights.
+        """
+        train = self.train_config
+        self._stop.clear()
+        clock = _Clock()
+        last_preview = -math.inf
+        steps_this_run = 0
+        self.model.train()
+        loss_value, terms = math.nan, MappingProxyType({})
+        reason: StopReason
+        while True:
+            if self._stop.is_set():
+                reason = "stopped"
+                break
+            if train.steps is not None and steps_this_run >= train.steps:
+                reason = "steps"
+                break
+            if train.time_budget is not None and clock.elapsed() >= train.time_budget:
+                reason = "time"
+                break
+            self._apply_pending_labels()
+            loss_value, terms = self._train_step()
+            self.step += 1
+            steps_this_run += 1
+            preview = None
+            if self._want_preview(clock.elapsed() - last_preview):
+                preview = self.preview()
+                last_preview = clock.elapsed()
+            yield TrainUpdate(
+                step=self.step,
+                elapsed=clock.elapsed(),
+                loss=loss_value,
+                terms=terms,
+                labelled_voxels=self.labelled_voxels,
+                preview=preview,
+            )
+        self.seconds += clock.elapsed()
+        self.model.eval()
+        yield TrainUpdate(
+            step=self.step,
+            elapsed=clock.elapsed(),
+            loss=loss_value,
+            terms=terms,
+            labelled_voxels=self.labelled_voxels,
+            done=True,
+            reason=reason,
+        )
+
+    def _apply_pending_labels(self) -> None:
+        while True:
+            try:
+                pending = self._pending.get_nowait()
+            except queue.Empty:
+                return
+            self.target.update(pending.region, pending.labels)
+            with self._preview_lock:
+                self._preview_due = True
+
+    def _want_preview(self, since_last: float) -> bool:
+        with self._preview_lock:
+            if self._preview_region is None:
+                return False
+            return self._preview_due or since_last >= self.train_config.preview_interval
+
+    def preview(self, region: Sequence[slice] | None = None) -> Preview | None:
+        """Predict ``region`` (default: the preview region) with the current weights."""
+        with self._preview_lock:
+            region = tuple(region) if region is not None else self._preview_region
+            self._preview_due = False
+        if region is None:
+            return None
+        probabilities = predict_region(self.model, self.source, region, device=self.device, amp=True)
+        labels = probabilities_to_labels(probabilities, self.class_map.values)
+        return Preview(region=region, labels=labels, probabilities=probabilities, step=self.step)
+
+    def _regularizer_ramp(self) -> float:
+        warmup = self.loss_config.warmup_steps
+        if warmup == 0:
+            return 1.0
+        return float(np.clip((self.step - warmup) / warmup, 0.0, 1.0))
+
+    def _train_step(self) -> tuple[float, Mapping[str, float]]:
+        cfg = self.loss_config
+        batch = self.sampler.sample()
+        image = torch.from_numpy(batch.image).to(self.device, non_blocking=True)
+        target = torch.from_numpy(batch.target).to(self.device, non_blocking=True)
+        valid = torch.from_numpy(batch.valid).to(self.device, non_blocking=True)
+
+        ramp = self._regularizer_ramp()
+        want_crf = cfg.crf_weight > 0 and ramp > 0
+        want_dynamic = cfg.dynamic_crf_weight > 0 and ramp > 0 and self.step >= cfg.dynamic_start_step
+        want_contrastive = cfg.contrastive_weight > 0
+
+        with autocast_context(self.device, self._amp_dtype is not None):
+            out = self.model(image, with_embedding=want_contrastive)
+        logits = out.logits.float()
+        terms: dict[str, torch.Tensor] = {"pce": partial_cross_entropy(logits, target)}
+        total = terms["pce"]
+        if cfg.dice_weight > 0:
+            terms["dice"] = partial_dice_loss(logits, target)
+            total = total + cfg.dice_weight * terms["dice"]
+        if want_contrastive:
+            assert out.embedding is not None
+            terms["contrastive"] = supervised_contrastive_loss(
+                out.embedding.float(),
+                target,
+                temperature=cfg.temperature,
+                max_samples=cfg.contrastive_samples,
+                generator=self._generator if self.device.type == "cpu" else None,
+            )
+            total = total + cfg.contrastive_weight * terms["contrastive"]
+        if want_crf or want_dynamic:
+            probs = torch.softmax(logits, dim=1)
+            kernel = dict(
+                spacing=self._crf_spacing,
+                sigma_spatial=self._crf_sigma_spatial,
+                sigma_intensity=cfg.crf_sigma_intensity,
+                window_radius=self._crf_radius,
+                mask=valid,
+            )
+            if want_crf:
+                terms["crf"] = crf_loss(probs, image, **kernel)
+                total = total + ramp * cfg.crf_weight * terms["crf"]
+            if want_dynamic:
+                terms["dynamic_crf"] = crf_loss(
+                    probs,
+                    image,
+                    features=out.features.detach().float(),
+                    sigma_features=cfg.crf_sigma_features,
+                    **kernel,
+                )
+                total = total + ramp * cfg.dynamic_crf_weight * terms["dynamic_crf"]
+
+        self.optimizer.zero_grad(set_to_none=True)
+        self._scaler.scale(total).backward()
+        self._scaler.step(self.optimizer)
+        self._scaler.update()
+        values = {name: float(value.detach()) for name, value in terms.items()}
+        return float(total.detach()), MappingProxyType(values)
+
+    # ------------------------------------------------------------------ model
+    def _warm_start(self, init_model: ScribbleNet) -> None:
+        mine, theirs = self.model, init_model
+        if (mine.spatial_dims, mine.in_channels, mine.num_classes) != (
+            theirs.spatial_dims,
+            theirs.in_channels,
+            theirs.num_classes,
+        ):
+            raise ConfigError(
+                "the initial model does not fit this data: it was trained for "
+                f"{theirs.spatial_dims}D, {theirs.in_channels} channel(s), {theirs.num_classes} classes; "
+                f"this image/labels need {mine.spatial_dims}D, {mine.in_channels} channel(s), "
+                f"{mine.num_classes} classes"
+            )
+        if mine.config.resolved_features != theirs.config.resolved_features:
+            raise ConfigError("the initial model has a different network size; choose the same --network")
+        mine.load_state_dict(theirs.state_dict())
+
+    def metadata(self) -> ModelMetadata:
+        """Everything needed to re-apply the model (for :func:`scribbleseg.io.checkpoint.save_model`)."""
+        from scribbleseg import __version__
+        from scribbleseg.io.checkpoint import ModelMetadata
+
+        class_map = self.class_map
+        return ModelMetadata(
+            model=self.model_config,
+            spatial_dims=self.source.spatial_dims,
+            in_channels=self.source.n_channels,
+            class_values=tuple(int(v) for v in class_map.values),
+            class_names=tuple(class_map.names),
+            background_class=class_map.background,
+            normalisation={"low": list(self.normalisation.low), "high": list(self.normalisation.high)},
+            spacing=tuple(float(s) for s in self.source.spacing),
+            loss=self.loss_config.to_dict(),
+            train=self.train_config.to_dict(),
+            training={
+                "steps": self.step,
+                "seconds": round(self.seconds, 3),
+                "labelled_voxels": self.labelled_voxels,
+                "patch_size": list(self.patch_size),
+                "batch_size": self.batch_size,
+            },
+            version=__version__,
+        )

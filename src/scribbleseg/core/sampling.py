@@ -1,0 +1,186 @@
+"""Patch sampling biased to labelled voxels, with augmentation.
+
+A patch is centred, with probability ``label_probability``, near a labelled
+voxel drawn class-balanced from the :class:`LabelledVoxelIndex` (so a class
+with a single stroke is seen as often as one with many), otherwise anywhere
+in the image. Only the region a patch covers is read from the image source,
+so this works unchanged on zarr / dask images larger than memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from scribbleseg.core.annotations import IGNORE_INDEX, SparseTarget
+from scribbleseg.core.volume import ImageSource
+
+__all__ = ["PatchBatch", "PatchSampler", "read_padded"]
+
+
+@dataclass(frozen=True)
+class PatchBatch:
+    """One training batch.
+
+    Attributes
+    ----------
+    image : (B, C, *P) float32 ndarray
+        Normalised image patches.
+    target : (B, *P) int64 ndarray
+        Class indices, ``IGNORE_INDEX`` where unlabelled or outside the image.
+    valid : (B, *P) bool ndarray
+        False where the patch extends beyond the image (padding).
+    """
+
+    image: np.ndarray
+    target: np.ndarray
+    valid: np.ndarray
+
+
+def read_padded(array: np.ndarray, region: tuple[slice, ...], *, fill: int | float) -> np.ndarray:
+    """Read ``array[region]`` where ``region`` may extend beyond the array.
+
+    Parameters
+    ----------
+    array : ndarray (or zarr / dask array)
+        Spatial array.
+    region : tuple of slice
+        Slices with explicit ``start`` and ``stop``; they may be negative or
+        beyond the array's shape.
+    fill : scalar
+        Value of the voxels outside the array.
+
+    Returns
+    -------
+    ndarray
+        Of shape ``[s.stop - s.start for s in region]``.
+    """
+    out_shape = tuple(s.stop - s.start for s in region)
+    out = np.full(out_shape, fill, dtype=array.dtype)
+    src, dst = [], []
+    for s, size in zip(region, array.shape, strict=True):
+        lo, hi = max(s.start, 0), min(s.stop, size)
+        if hi <= lo:
+            return out
+        src.append(slice(lo, hi))
+        dst.append(slice(lo - s.start, hi - s.start))
+    out[tuple(dst)] = np.asarray(array[tuple(src)])
+    return out
+
+
+class PatchSampler:
+    """Draw training batches from an image and its sparse target.
+
+    Parameters
+    ----------
+    source : ImageSource
+    target : SparseTarget
+        Read at every call, so strokes added to it are picked up at once.
+    patch_size : tuple of int
+        Spatial patch size ``([Z,] Y, X)``.
+    batch_size : int
+    label_probability : float
+        Chance that a patch is centred near a labelled voxel.
+    rng : numpy.random.Generator
+    augment : bool
+        Random flips (every axis), 90° rotations in the plane when it is
+        isotropic and square, and a small intensity scale/shift.
+    """
+
+    def __init__(
+        self,
+        source: ImageSource,
+        target: SparseTarget,
+        *,
+        patch_size: tuple[int, ...],
+        batch_size: int,
+        label_probability: float,
+        rng: np.random.Generator,
+        augment: bool = True,
+    ) -> None:
+        if len(patch_size) != source.spatial_dims:
+            raise ValueError(
+                f"patch_size {patch_size} must have one entry per spatial axis of the image "
+                f"{source.spatial_shape}"
+            )
+        if target.target.shape != source.spatial_shape:
+            raise ValueError(f"target shape {target.target.shape} != image shape {source.spatial_shape}")
+        self.source = source
+        self.target = target
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.batch_size = int(batch_size)
+        self.label_probability = float(label_probability)
+        self.rng = rng
+        self.augment = augment
+        spacing = source.spacing
+        self._can_rotate = patch_size[-1] == patch_size[-2] and spacing[-1] == spacing[-2]
+
+    def _centre(self) -> np.ndarray:
+        shape = np.asarray(self.source.spatial_shape)
+        if len(self.target.index) and self.rng.random() < self.label_probability:
+            centre = self.target.index.sample(self.rng, 1)[0]
+            # Jitter so labelled voxels are not always at the patch centre (the
+            # network must not learn "the centre is labelled").
+            half = np.asarray(self.patch_size) // 2
+            jitter = self.rng.integers(-(half * 3) // 4, (half * 3) // 4 + 1)
+            return np.clip(centre + jitter, 0, shape - 1)
+        return (self.rng.random(len(shape)) * shape).astype(np.int64)
+
+    def region_around(self, centre: np.ndarray) -> tuple[slice, ...]:
+        """Patch region (possibly beyond the image) centred on ``centre``."""
+        return tuple(
+            slice(int(c) - p // 2, int(c) - p // 2 + p) for c, p in zip(centre, self.patch_size, strict=True)
+        )
+
+    def sample(self) -> PatchBatch:
+        """Draw one batch."""
+        images, targets, valids = [], [], []
+        everywhere = _BroadcastTrue(self.source.spatial_shape)
+        for _ in range(self.batch_size):
+            region = self.region_around(self._centre())
+            image = self.source.read(region)
+            target = read_padded(self.target.target, region, fill=IGNORE_INDEX)
+            valid = read_padded(everywhere, region, fill=False)
+            if self.augment:
+                image, target, valid = self._augment(image, target, valid)
+            images.append(image)
+            targets.append(target)
+            valids.append(valid)
+        return PatchBatch(
+            image=np.ascontiguousarray(np.stack(images), dtype=np.float32),
+            target=np.ascontiguousarray(np.stack(targets), dtype=np.int64),
+            valid=np.ascontiguousarray(np.stack(valids)),
+        )
+
+    def _augment(
+        self, image: np.ndarray, target: np.ndarray, valid: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        ndim = target.ndim
+        for axis in range(ndim):
+            if self.rng.random() < 0.5:
+                image = np.flip(image, axis + 1)
+                target = np.flip(target, axis)
+                valid = np.flip(valid, axis)
+        if self._can_rotate:
+            k = int(self.rng.integers(4))
+            if k:
+                image = np.rot90(image, k, axes=(-2, -1))
+                target = np.rot90(target, k, axes=(-2, -1))
+                valid = np.rot90(valid, k, axes=(-2, -1))
+        scale = 1.0 + 0.1 * self.rng.standard_normal()
+        shift = 0.05 * self.rng.standard_normal()
+        image = image * np.float32(scale) + np.float32(shift)
+        return image, target, valid
+
+
+class _BroadcastTrue:
+    """A read-only all-True array of a given shape that allocates only what is read."""
+
+    dtype = np.dtype(bool)
+
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        self.shape = shape
+
+    def __getitem__(self, region: tuple[slice, ...]) -> np.ndarray:
+        return np.ones(tuple(s.stop - s.start for s in region), dtype=bool)

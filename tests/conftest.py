@@ -1,0 +1,62 @@
+"""Shared fixtures: tiny seeded synthetic images with scribbles (eroded skeleton strokes)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage as ndi
+from skimage.morphology import skeletonize
+
+
+def make_blobs(shape: tuple[int, ...], *, n_blobs: int, radius: float, seed: int) -> np.ndarray:
+    """Ground truth: 1 = background, 2 = blob."""
+    rng = np.random.default_rng(seed)
+    grid = np.indices(shape).astype(np.float32)
+    mask = np.zeros(shape, dtype=bool)
+    for _ in range(n_blobs):
+        centre = rng.uniform(radius, np.asarray(shape) - radius)
+        r = radius * rng.uniform(0.7, 1.2)
+        dist2 = sum((g - c) ** 2 for g, c in zip(grid, centre, strict=True))
+        mask |= dist2 <= r**2
+    return np.where(mask, 2, 1).astype(np.uint8)
+
+
+def image_from_truth(truth: np.ndarray, *, seed: int, noise: float = 0.25) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    clean = ndi.gaussian_filter((truth == 2).astype(np.float32), 1.0)
+    return (clean + noise * rng.standard_normal(truth.shape)).astype(np.float32)
+
+
+def scribbles_from_truth(truth: np.ndarray, *, seed: int, fraction_objects: float = 0.6) -> np.ndarray:
+    """Strokes along the skeleton of eroded regions, per class, on a subset of objects."""
+    rng = np.random.default_rng(seed)
+    out = np.zeros_like(truth)
+    for value in np.unique(truth):
+        regions, n = ndi.label(truth == value)
+        keep = [i for i in range(1, n + 1) if rng.random() < fraction_objects] or [1]
+        for i in keep:
+            region = ndi.binary_erosion(regions == i, iterations=2)
+            if not region.any():
+                continue
+            stroke = skeletonize(region)
+            out[stroke] = value
+    return out
+
+
+@pytest.fixture
+def blobs2d() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image, scribbles, truth) of a 64×80 2D image with bright blobs."""
+    truth = make_blobs((64, 80), n_blobs=6, radius=7, seed=1)
+    return image_from_truth(truth, seed=2), scribbles_from_truth(truth, seed=3), truth
+
+
+@pytest.fixture
+def blobs3d() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(image (2, 12, 40, 36) two channels, scribbles on every 4th slice, truth)."""
+    truth = make_blobs((12, 40, 36), n_blobs=4, radius=5, seed=4)
+    channel_a = image_from_truth(truth, seed=5)
+    channel_b = image_from_truth(truth, seed=6, noise=0.5)
+    scribbles = scribbles_from_truth(truth, seed=7)
+    sparse = np.zeros_like(scribbles)
+    sparse[::4] = scribbles[::4]
+    return np.stack([channel_a, channel_b]), sparse, truth

@@ -1,0 +1,143 @@
+"""The training engine: a generator of update records, stoppable, seedable, warm-startable."""
+
+from __future__ import annotations
+
+import threading
+import time
+import warnings
+
+import numpy as np
+import pytest
+import torch
+
+from scribbleseg.core.annotations import labels_to_target
+from scribbleseg.core.config import LossConfig, TrainConfig
+from scribbleseg.core.engine import Trainer
+from scribbleseg.core.inference import predict_probabilities, probabilities_to_labels
+from scribbleseg.core.metrics import dice_iou
+from scribbleseg.core.volume import ImageSource
+
+FAST_LOSS = LossConfig(warmup_steps=1, dynamic_start_step=2, contrastive_samples=256)
+
+
+def _trainer(image, scribbles, *, channel_axis=None, spacing=None, **train):
+    source = ImageSource(image, channel_axis=channel_axis, spacing=spacing)
+    target = labels_to_target(scribbles, spacing=source.spacing)
+    options = {"device": "cpu", "seed": 0, "batch_size": 2}
+    options.update(train)
+    return Trainer(source, target, loss_config=FAST_LOSS, train_config=TrainConfig(**options))
+
+
+def test_run_yields_records_and_ends_after_steps(blobs2d):
+    image, scribbles, _ = blobs2d
+    trainer = _trainer(image, scribbles, steps=4)
+    updates = list(trainer.run())
+    assert [u.step for u in updates] == [1, 2, 3, 4, 4]
+    assert updates[-1].done and updates[-1].reason == "steps"
+    assert not any(u.done for u in updates[:-1])
+    assert all(np.isfinite(u.loss) for u in updates)
+    # every term is on from step 3 with this schedule
+    assert set(updates[3].terms) == {"pce", "contrastive", "crf", "dynamic_crf"}
+    assert updates[-1].labelled_voxels == int((scribbles > 0).sum())
+
+
+def test_stop_from_another_thread_is_honoured_at_the_next_step(blobs2d):
+    image, scribbles, _ = blobs2d
+    trainer = _trainer(image, scribbles)  # no step limit: runs until stopped
+    timer = threading.Timer(0.5, trainer.stop)
+    started = time.perf_counter()
+    timer.start()
+    updates = list(trainer.run())
+    assert updates[-1].reason == "stopped"
+    assert time.perf_counter() - started < 3.0
+
+
+def test_time_budget(blobs2d):
+    image, scribbles, _ = blobs2d
+    trainer = _trainer(image, scribbles, time_budget=1.0)
+    updates = list(trainer.run())
+    assert updates[-1].reason == "time"
+    assert 1.0 <= updates[-1].elapsed < 3.0
+
+
+def test_new_labels_are_picked_up_between_steps(blobs2d):
+    image, scribbles, truth = blobs2d
+    partial = scribbles.copy()
+    partial[:, 40:] = 0
+    trainer = _trainer(image, partial, steps=3)
+    before = trainer.labelled_voxels
+    region = (slice(0, 64), slice(40, 80))
+    trainer.add_labels(region, scribbles[region])
+    updates = list(trainer.run())
+    assert updates[0].labelled_voxels == int((scribbles > 0).sum()) > before
+
+
+def test_same_seed_same_losses(blobs2d):
+    image, scribbles, _ = blobs2d
+    losses = [[u.loss for u in _trainer(image, scribbles, steps=3).run()] for _ in range(2)]
+    assert losses[0] == losses[1]
+
+
+def test_warm_start_copies_weights(blobs2d):
+    image, scribbles, _ = blobs2d
+    first = _trainer(image, scribbles, steps=2)
+    list(first.run())
+    source = ImageSource(image)
+    second = Trainer(
+        source,
+        labels_to_target(scribbles),
+        loss_config=FAST_LOSS,
+        train_config=TrainConfig(steps=1, device="cpu"),
+        init_model=first.model,
+    )
+    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_preview_of_the_requested_region(blobs2d):
+    image, scribbles, _ = blobs2d
+    trainer = _trainer(image, scribbles, steps=2)
+    region = (slice(10, 30), slice(5, 45))
+    trainer.set_preview_region(region)
+    updates = list(trainer.run())
+    previews = [u.preview for u in updates if u.preview is not None]
+    assert previews, "the first step after setting a region yields a preview"
+    assert previews[0].labels.shape == (20, 40)
+    assert previews[0].probabilities.shape == (2, 20, 40)
+    assert set(np.unique(previews[0].labels)) <= {1, 2}
+
+
+@pytest.mark.slow
+def test_learns_blobs_2d(blobs2d):
+    image, scribbles, truth = blobs2d
+    trainer = _trainer(image, scribbles, steps=60, batch_size=4)
+    list(trainer.run())
+    probabilities = predict_probabilities(trainer.model, trainer.source, device="cpu")
+    labels = probabilities_to_labels(probabilities, trainer.class_map.values)
+    assert dice_iou(labels, truth)[2]["dice"] > 0.8
+
+
+def test_3d_multichannel_anisotropic_trains(blobs3d):
+    image, scribbles, _ = blobs3d
+    trainer = _trainer(image, scribbles, channel_axis=0, spacing=(3.0, 1.0, 1.0), steps=3, batch_size=1)
+    assert trainer.source.n_channels == 2
+    updates = list(trainer.run())
+    assert np.isfinite(updates[-1].loss)
+    assert {"crf", "dynamic_crf"} <= set(updates[-2].terms)
+    probabilities = predict_probabilities(trainer.model, trainer.source, device="cpu")
+    assert probabilities.shape == (2, 12, 40, 36)
+
+
+def test_nan_image_trains_with_a_warning(blobs2d):
+    image, scribbles, _ = blobs2d
+    image = image.copy()
+    image[5:9, 5:9] = np.nan
+    image[20, 20] = np.inf
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        trainer = _trainer(image, scribbles, steps=3)
+        updates = list(trainer.run())
+    assert any("NaN" in str(w.message) for w in caught)
+    assert np.isfinite(updates[-1].loss)
+    probabilities = predict_probabilities(trainer.model, trainer.source, device="cpu")
+    assert np.all(np.isfinite(probabilities))
