@@ -58,7 +58,9 @@ def run_one(sample_name: str, loss: LossConfig, *, budget: float, seed: int) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sample", default="nuclei2d", choices=["nuclei2d", "mri3d"])
     parser.add_argument("--budget", type=float, default=60.0, help="training seconds per run")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
@@ -82,8 +84,11 @@ def main(argv: list[str] | None = None) -> int:
             dice, n = run_one(args.sample, loss, budget=args.budget, seed=seed)
             dices.append(dice)
             steps.append(n)
-            print(f"  {name} seed {seed}: Dice {dice:.4f}, {n} steps, {time.perf_counter() - started:.0f} s",
-                  file=sys.stderr, flush=True)
+            print(
+                f"  {name} seed {seed}: Dice {dice:.4f}, {n} steps, {time.perf_counter() - started:.0f} s",
+                file=sys.stderr,
+                flush=True,
+            )
         spread = statistics.stdev(dices) if len(dices) > 1 else 0.0
         row = (
             f"| {name} | {statistics.fmean(dices):.3f} ± {spread:.3f} | {statistics.fmean(steps):.0f} | "

@@ -56,7 +56,7 @@ def blobs3d() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     truth = make_blobs((12, 40, 36), n_blobs=4, radius=5, seed=4)
     channel_a = image_from_truth(truth, seed=5)
     channel_b = image_from_truth(truth, seed=6, noise=0.5)
-    scribbles = scribbles_from_truth(truth, seed=7)
-    sparse = np.zeros_like(scribbles)
-    sparse[::4] = scribbles[::4]
+    sparse = np.zeros_like(truth)
+    for z in range(1, truth.shape[0], 4):  # strokes on every 4th slice only, drawn in 2D
+        sparse[z] = scribbles_from_truth(truth[z], seed=7 + z, fraction_objects=1.0)
     return np.stack([channel_a, channel_b]), sparse, truth

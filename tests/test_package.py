@@ -8,7 +8,13 @@ from pathlib import Path
 
 import pytest
 
-from scribbleseg.core.config import LossConfig, ModelConfig, TrainConfig, crf_window_radius, default_patch_size
+from scribbleseg.core.config import (
+    LossConfig,
+    ModelConfig,
+    TrainConfig,
+    crf_window_radius,
+    default_patch_size,
+)
 from scribbleseg.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 from scribbleseg import __version__
 from scribbleseg.errors import InputError, ScribbleSegError
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "main"]
 
 PROG = "scribbleseg"
 EXIT_BAD_INPUT = 2
@@ -35,7 +35,9 @@ def _floats(text: str) -> tuple[float, ...]:
     try:
         values = tuple(float(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers like 2,1,1, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated numbers like 2,1,1, got {text!r}"
+        ) from None
     if not all(v > 0 and v < float("inf") for v in values):
         raise argparse.ArgumentTypeError(f"spacing values must be positive, got {text!r}")
     return values
@@ -45,7 +47,9 @@ def _ints(text: str) -> tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(","))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers like 128,128, got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated integers like 128,128, got {text!r}"
+        ) from None
 
 
 def _non_negative(text: str) -> float:
@@ -76,7 +80,7 @@ def _positive_float(text: str) -> float:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of the ``scribbleseg`` command."""
+    """Build the argument parser of the ``scribbleseg`` command."""
     from scribbleseg.core.config import LossConfig
 
     defaults = LossConfig()
@@ -98,17 +102,26 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("image", metavar="IMAGE")
     train.add_argument("labels", metavar="LABELS")
     train.add_argument("-o", "--output", metavar="MODEL", required=True, help="model folder to write")
-    train.add_argument("--points", metavar="CSV", help="point annotations (napari Points CSV with a 'class' column)")
+    train.add_argument(
+        "--points", metavar="CSV", help="point annotations (napari Points CSV with a 'class' column)"
+    )
     _add_image_options(train)
     budget = train.add_mutually_exclusive_group()
     budget.add_argument("--steps", type=_positive_int, help="number of training steps")
     budget.add_argument(
-        "--time-budget", type=_positive_float, metavar="SECONDS", help="train for this many seconds (default 120)"
+        "--time-budget",
+        type=_positive_float,
+        metavar="SECONDS",
+        help="train for this many seconds (default 120)",
     )
     train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    train.add_argument("--init", metavar="MODEL", help="warm-start from this model (same classes and channels)")
+    train.add_argument(
+        "--init", metavar="MODEL", help="warm-start from this model (same classes and channels)"
+    )
     train.add_argument("--network", choices=["small", "large"], default="small", help="network size")
-    train.add_argument("--patch-size", type=_ints, metavar="[Z,]Y,X", help="training patch size (multiples of 16)")
+    train.add_argument(
+        "--patch-size", type=_ints, metavar="[Z,]Y,X", help="training patch size (multiples of 16)"
+    )
     train.add_argument("--batch-size", type=_positive_int, help="patches per step (default 4 in 2D, 2 in 3D)")
     train.add_argument("--learning-rate", type=_positive_float, help="AdamW learning rate")
     train.add_argument(
@@ -166,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = sub.add_parser(
         "export",
         help="write labels as TIFF / OME-TIFF / zarr",
-        description="Convert LABELS to OUT (.tif, .ome.tif, .zarr or .npy), optionally writing one class as 0.",
+        description="Convert LABELS to OUT (.tif, .ome.tif, .zarr or .npy), optionally with a class as 0.",
     )
     export.add_argument("labels", metavar="LABELS")
     export.add_argument("-o", "--output", metavar="OUT", required=True)
@@ -179,7 +192,10 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_image_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--channel-axis", type=int, metavar="N", help="channel axis of IMAGE (default 0)")
     parser.add_argument(
-        "--spacing", type=_floats, metavar="[Z,]Y,X", help="physical voxel spacing (default: from the file, else 1)"
+        "--spacing",
+        type=_floats,
+        metavar="[Z,]Y,X",
+        help="physical voxel spacing (default: from the file, else 1)",
     )
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="compute device")
 
@@ -215,7 +231,9 @@ def _image_source(args: argparse.Namespace, image_path: str, spatial_dims: int) 
     spacing = args.spacing or image.spacing
     if spacing is not None and len(spacing) != spatial_dims:
         if args.spacing is not None:
-            raise InputError(f"--spacing has {len(spacing)} values but the image has {spatial_dims} spatial axes")
+            raise InputError(
+                f"--spacing has {len(spacing)} values but the image has {spatial_dims} spatial axes"
+            )
         spacing = None
     return ImageSource(image.data, channel_axis=channel_axis, spacing=spacing)
 
@@ -413,4 +431,3 @@ def _one_line(exc: BaseException) -> str:
 
 if __name__ == "__main__":
     sys.exit(main())
-

@@ -9,11 +9,11 @@ as a notification.
 from __future__ import annotations
 
 __all__ = [
-    "ScribbleSegError",
-    "InputError",
     "AnnotationError",
-    "ModelFileError",
     "ConfigError",
+    "InputError",
+    "ModelFileError",
+    "ScribbleSegError",
 ]
 
 

@@ -48,7 +48,9 @@ def files2d(tmp_path, blobs2d):
 
 
 def _train(files, out, *extra):
-    return run_cli("train", files["image"], files["labels"], "-o", out, "--steps", "3", "--device", "cpu", *extra)
+    return run_cli(
+        "train", files["image"], files["labels"], "-o", out, "--steps", "3", "--device", "cpu", *extra
+    )
 
 
 def test_train_predict_evaluate_export(tmp_path, files2d):
@@ -58,7 +60,9 @@ def test_train_predict_evaluate_export(tmp_path, files2d):
     assert (model / "model.json").is_file() and (model / "model.safetensors").is_file()
     pred = tmp_path / "pred.tif"
     probs = tmp_path / "probs.npy"
-    result = run_cli("predict", model, files2d["image"], "-o", pred, "--probabilities", probs, "--device", "cpu")
+    result = run_cli(
+        "predict", model, files2d["image"], "-o", pred, "--probabilities", probs, "--device", "cpu"
+    )
     assert result.returncode == 0, result.stderr
     labels = tifffile.imread(pred)
     assert labels.shape == (64, 80) and set(np.unique(labels)) <= {1, 2}

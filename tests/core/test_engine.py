@@ -44,12 +44,22 @@ def test_run_yields_records_and_ends_after_steps(blobs2d):
 def test_stop_from_another_thread_is_honoured_at_the_next_step(blobs2d):
     image, scribbles, _ = blobs2d
     trainer = _trainer(image, scribbles)  # no step limit: runs until stopped
-    timer = threading.Timer(0.5, trainer.stop)
-    started = time.perf_counter()
+    stopped_at = []
+
+    def stop() -> None:
+        stopped_at.append(time.perf_counter())
+        trainer.stop()
+
+    timer = threading.Timer(0.5, stop)
     timer.start()
-    updates = list(trainer.run())
-    assert updates[-1].reason == "stopped"
-    assert time.perf_counter() - started < 3.0
+    step_times, last = [], time.perf_counter()
+    for update in trainer.run():
+        now = time.perf_counter()
+        step_times.append(now - last)
+        last = now
+    assert update.reason == "stopped"
+    # at most the step in flight finishes after stop()
+    assert last - stopped_at[0] <= max(step_times) + 0.2
 
 
 def test_time_budget(blobs2d):
@@ -57,11 +67,13 @@ def test_time_budget(blobs2d):
     trainer = _trainer(image, scribbles, time_budget=1.0)
     updates = list(trainer.run())
     assert updates[-1].reason == "time"
-    assert 1.0 <= updates[-1].elapsed < 3.0
+    assert updates[-1].elapsed >= 1.0
+    # the budget is checked between steps: the last step started within it
+    assert len(updates) == 2 or updates[-3].elapsed < 1.0
 
 
 def test_new_labels_are_picked_up_between_steps(blobs2d):
-    image, scribbles, truth = blobs2d
+    image, scribbles, _truth = blobs2d
     partial = scribbles.copy()
     partial[:, 40:] = 0
     trainer = _trainer(image, partial, steps=3)

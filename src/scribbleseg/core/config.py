@@ -17,12 +17,12 @@ from typing import Any, Literal, TypeVar
 from scribbleseg.errors import ConfigError
 
 __all__ = [
-    "ModelConfig",
-    "LossConfig",
-    "TrainConfig",
     "NETWORK_FEATURES",
-    "default_patch_size",
+    "LossConfig",
+    "ModelConfig",
+    "TrainConfig",
     "crf_window_radius",
+    "default_patch_size",
 ]
 
 NetworkSize = Literal["small", "large"]
@@ -100,12 +100,19 @@ class ModelConfig(_DictMixin):
     dropout: float = 0.0
 
     def __post_init__(self) -> None:
-        _check(self.size in NETWORK_FEATURES, f"size must be one of {sorted(NETWORK_FEATURES)}, got {self.size!r}")
+        _check(
+            self.size in NETWORK_FEATURES,
+            f"size must be one of {sorted(NETWORK_FEATURES)}, got {self.size!r}",
+        )
         features = _tuple_or_none(self.features, "features")
         object.__setattr__(self, "features", features)
         if features is not None:
-            _check(len(features) == 6 and all(f > 0 for f in features), "features must be 6 positive integers")
-        _check(int(self.embedding_dim) >= 2, "embedding_dim must be at least 2")
+            _check(
+                len(features) == 6 and all(f > 0 for f in features), "features must be 6 positive integers"
+            )
+        object.__setattr__(self, "embedding_dim", int(self.embedding_dim))
+        object.__setattr__(self, "dropout", float(self.dropout))
+        _check(self.embedding_dim >= 2, "embedding_dim must be at least 2")
         _check(0.0 <= float(self.dropout) < 1.0, "dropout must be in [0, 1)")
 
     @property
@@ -234,7 +241,9 @@ class TrainConfig(_DictMixin):
             _check(int(self.steps) >= 1, f"steps must be >= 1, got {self.steps}")
         if self.time_budget is not None:
             value = float(self.time_budget)
-            _check(math.isfinite(value) and value > 0, f"time_budget must be > 0 seconds, got {self.time_budget}")
+            _check(
+                math.isfinite(value) and value > 0, f"time_budget must be > 0 seconds, got {self.time_budget}"
+            )
         patch = _tuple_or_none(self.patch_size, "patch_size")
         object.__setattr__(self, "patch_size", patch)
         if patch is not None:
@@ -244,16 +253,21 @@ class TrainConfig(_DictMixin):
             _check(int(self.batch_size) >= 1, "batch_size must be >= 1")
         _check(float(self.learning_rate) > 0, "learning_rate must be > 0")
         _check(float(self.weight_decay) >= 0, "weight_decay must be >= 0")
-        _check(0.0 <= float(self.label_sampling_probability) <= 1.0, "label_sampling_probability must be in [0, 1]")
+        _check(
+            0.0 <= float(self.label_sampling_probability) <= 1.0,
+            "label_sampling_probability must be in [0, 1]",
+        )
         _check(float(self.point_radius) > 0, "point_radius must be > 0")
-        _check(self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}")
+        _check(
+            self.device in ("auto", "cpu", "cuda"), f"device must be auto, cpu or cuda, got {self.device!r}"
+        )
         if self.num_threads is not None:
             _check(int(self.num_threads) >= 1, "num_threads must be >= 1")
         _check(float(self.preview_interval) > 0, "preview_interval must be > 0")
 
 
 def default_patch_size(spatial_shape: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[int, ...]:
-    """A patch size suited to the image: 128² in 2D, about 64³ physical in 3D.
+    """Choose a patch size for the image: 128² in 2D, about 64³ physical in 3D.
 
     Anisotropic axes get fewer voxels so the patch is roughly cubic in physical
     space. Entries are multiples of 16 (the U-Net's total down-sampling) and
@@ -275,8 +289,8 @@ def default_patch_size(spatial_shape: tuple[int, ...], spacing: tuple[float, ...
     patch = []
     for size, step in zip(spatial_shape, spacing, strict=True):
         voxels = target * finest / step
-        voxels = max(16, int(round(voxels / 16)) * 16)
-        covering = max(16, int(math.ceil(size / 16)) * 16)
+        voxels = max(16, round(voxels / 16) * 16)
+        covering = max(16, math.ceil(size / 16) * 16)
         patch.append(min(voxels, covering))
     return tuple(patch)
 
@@ -288,5 +302,4 @@ def crf_window_radius(radius: int, spacing: tuple[float, ...]) -> tuple[int, ...
     ``ceil(radius * min(spacing) / spacing[i])`` voxels (at least 1).
     """
     finest = min(spacing)
-    return tuple(max(1, int(math.ceil(radius * finest / s - 1e-9))) for s in spacing)
-
+    return tuple(max(1, math.ceil(radius * finest / s - 1e-9)) for s in spacing)

@@ -26,9 +26,25 @@ import numpy as np
 import torch
 
 from scribbleseg.core.annotations import SparseTarget
-from scribbleseg.core.config import LossConfig, ModelConfig, TrainConfig, crf_window_radius, default_patch_size
-from scribbleseg.core.inference import autocast_context, predict_region, probabilities_to_labels, resolve_device
-from scribbleseg.core.losses import crf_loss, partial_cross_entropy, partial_dice_loss, supervised_contrastive_loss
+from scribbleseg.core.config import (
+    LossConfig,
+    ModelConfig,
+    TrainConfig,
+    crf_window_radius,
+    default_patch_size,
+)
+from scribbleseg.core.inference import (
+    autocast_context,
+    predict_region,
+    probabilities_to_labels,
+    resolve_device,
+)
+from scribbleseg.core.losses import (
+    crf_loss,
+    partial_cross_entropy,
+    partial_dice_loss,
+    supervised_contrastive_loss,
+)
 from scribbleseg.core.models import ScribbleNet, build_model
 from scribbleseg.core.sampling import PatchSampler
 from scribbleseg.core.volume import ImageSource
@@ -76,7 +92,7 @@ class TrainUpdate:
     loss : float
         Total weighted loss of the step.
     terms : mapping of str to float
-        Unweighted loss terms (``pce``, ``dice``, ``contrastive``, ``crf``, ``dynamic_crf``) that were computed.
+        Unweighted loss terms of this step (``pce``, ``dice``, ``contrastive``, ``crf``, ``dynamic_crf``).
     labelled_voxels : int
         Labelled voxels the trainer currently uses (grows as strokes arrive).
     preview : Preview or None
@@ -154,7 +170,10 @@ class Trainer:
         self.normalisation = source.normalisation
 
         self.model = build_model(
-            self.model_config, spatial_dims=spatial_dims, in_channels=source.n_channels, num_classes=num_classes
+            self.model_config,
+            spatial_dims=spatial_dims,
+            in_channels=source.n_channels,
+            num_classes=num_classes,
         )
         if init_model is not None:
             self._warm_start(init_model)

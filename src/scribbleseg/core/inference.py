@@ -18,11 +18,11 @@ from scribbleseg.core.models import DOWNSAMPLING, ScribbleNet
 from scribbleseg.core.volume import ImageSource
 
 __all__ = [
+    "autocast_context",
     "default_roi_size",
     "predict_probabilities",
     "predict_region",
     "probabilities_to_labels",
-    "autocast_context",
     "resolve_device",
 ]
 

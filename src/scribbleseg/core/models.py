@@ -20,7 +20,7 @@ from torch import nn
 from scribbleseg.core.config import ModelConfig
 from scribbleseg.errors import ConfigError
 
-__all__ = ["NetworkOutput", "ScribbleNet", "build_model", "DOWNSAMPLING"]
+__all__ = ["DOWNSAMPLING", "NetworkOutput", "ScribbleNet", "build_model"]
 
 #: Total down-sampling of the BasicUNet: spatial sizes must be multiples of this.
 DOWNSAMPLING = 16
@@ -118,4 +118,6 @@ def build_model(config: ModelConfig, *, spatial_dims: int, in_channels: int, num
     -------
     ScribbleNet
     """
-    return ScribbleNet(spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes, config=config)
+    return ScribbleNet(
+        spatial_dims=spatial_dims, in_channels=in_channels, num_classes=num_classes, config=config
+    )

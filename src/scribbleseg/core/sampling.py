@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from scribbleseg.core.annotations import IGNORE_INDEX, SparseTarget
+from scribbleseg.core.annotations import SparseTarget
 from scribbleseg.core.volume import ImageSource
 
-__all__ = ["PatchBatch", "PatchSampler", "read_padded"]
+__all__ = ["PatchBatch", "PatchSampler"]
 
 
 @dataclass(frozen=True)
@@ -36,37 +36,6 @@ class PatchBatch:
     image: np.ndarray
     target: np.ndarray
     valid: np.ndarray
-
-
-def read_padded(array: np.ndarray, region: tuple[slice, ...], *, fill: int | float) -> np.ndarray:
-    """Read ``array[region]`` where ``region`` may extend beyond the array.
-
-    Parameters
-    ----------
-    array : ndarray (or zarr / dask array)
-        Spatial array.
-    region : tuple of slice
-        Slices with explicit ``start`` and ``stop``; they may be negative or
-        beyond the array's shape.
-    fill : scalar
-        Value of the voxels outside the array.
-
-    Returns
-    -------
-    ndarray
-        Of shape ``[s.stop - s.start for s in region]``.
-    """
-    out_shape = tuple(s.stop - s.start for s in region)
-    out = np.full(out_shape, fill, dtype=array.dtype)
-    src, dst = [], []
-    for s, size in zip(region, array.shape, strict=True):
-        lo, hi = max(s.start, 0), min(s.stop, size)
-        if hi <= lo:
-            return out
-        src.append(slice(lo, hi))
-        dst.append(slice(lo - s.start, hi - s.start))
-    out[tuple(dst)] = np.asarray(array[tuple(src)])
-    return out
 
 
 class PatchSampler:
@@ -136,12 +105,11 @@ class PatchSampler:
     def sample(self) -> PatchBatch:
         """Draw one batch."""
         images, targets, valids = [], [], []
-        everywhere = _BroadcastTrue(self.source.spatial_shape)
         for _ in range(self.batch_size):
             region = self.region_around(self._centre())
             image = self.source.read(region)
-            target = read_padded(self.target.target, region, fill=IGNORE_INDEX)
-            valid = read_padded(everywhere, region, fill=False)
+            target = self.target.read(region)
+            valid = self._inside_image(region)
             if self.augment:
                 image, target, valid = self._augment(image, target, valid)
             images.append(image)
@@ -152,6 +120,15 @@ class PatchSampler:
             target=np.ascontiguousarray(np.stack(targets), dtype=np.int64),
             valid=np.ascontiguousarray(np.stack(valids)),
         )
+
+    def _inside_image(self, region: tuple[slice, ...]) -> np.ndarray:
+        valid = np.zeros(self.patch_size, dtype=bool)
+        inside = tuple(
+            slice(max(0, -s.start), min(s.stop, size) - s.start)
+            for s, size in zip(region, self.source.spatial_shape, strict=True)
+        )
+        valid[inside] = True
+        return valid
 
     def _augment(
         self, image: np.ndarray, target: np.ndarray, valid: np.ndarray
@@ -172,15 +149,3 @@ class PatchSampler:
         shift = 0.05 * self.rng.standard_normal()
         image = image * np.float32(scale) + np.float32(shift)
         return image, target, valid
-
-
-class _BroadcastTrue:
-    """A read-only all-True array of a given shape that allocates only what is read."""
-
-    dtype = np.dtype(bool)
-
-    def __init__(self, shape: tuple[int, ...]) -> None:
-        self.shape = shape
-
-    def __getitem__(self, region: tuple[slice, ...]) -> np.ndarray:
-        return np.ones(tuple(s.stop - s.start for s in region), dtype=bool)
