@@ -421,7 +421,7 @@ class Trainer:
                 "steps": self.step,
                 "seconds": round(self.seconds, 3),
                 "labelled_voxels": self.labelled_voxels,
-                "patch_size": list(self.patch_size),
+                "patch_size": "x".join(str(p) for p in self.patch_size),
                 "batch_size": self.batch_size,
             },
             version=__version__,
