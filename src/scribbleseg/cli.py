@@ -213,7 +213,9 @@ def _image_source(args: argparse.Namespace, image_path: str, spatial_dims: int) 
     image = read_array(image_path, lazy=True)
     ndim = image.data.ndim
     if ndim == spatial_dims + 1:
-        channel_axis = args.channel_axis if args.channel_axis is not None else 0
+        # ImageJ TIFFs keep channels after Z (ZCYX): the file's axes say where they are.
+        from_file = image.axes.index("C") if image.axes and "C" in image.axes else 0
+        channel_axis = args.channel_axis if args.channel_axis is not None else from_file
         if not -ndim <= channel_axis < ndim:
             raise InputError(f"--channel-axis {channel_axis} is out of range for an image with {ndim} axes")
     elif ndim == spatial_dims:
@@ -342,7 +344,8 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     labels = probabilities_to_labels(probabilities, meta.class_values)
     write_array(args.output, labels, spacing=source.spacing)
     if args.probabilities:
-        write_array(args.probabilities, probabilities, spacing=None)
+        axes = "CZYX" if meta.spatial_dims == 3 else "CYX"
+        write_array(args.probabilities, probabilities, spacing=source.spacing, axes=axes)
     _say(f"predicted {source.spatial_shape} in {time.perf_counter() - start:.1f} s -> {args.output}")
     return 0
 
