@@ -1,0 +1,23 @@
+"""Training losses for sparse scribble labels.
+
+- :func:`partial_cross_entropy`, :func:`partial_dice_loss`: supervised terms on labelled voxels only.
+- :func:`supervised_contrastive_loss`: local SupCon among the labelled voxels of each patch.
+- :func:`crf_loss`: dense-CRF (Potts) regulariser over a local window, O(K × N) memory;
+  :func:`crf_loss_unfold` is its naive, window-materialising reference.
+"""
+
+from __future__ import annotations
+
+from scribbleseg.core.losses.contrastive import supervised_contrastive_loss
+from scribbleseg.core.losses.crf import SPATIAL_WEIGHT_CUTOFF, crf_loss, crf_loss_unfold
+from scribbleseg.core.losses.partial import IGNORE_INDEX, partial_cross_entropy, partial_dice_loss
+
+__all__ = [
+    "IGNORE_INDEX",
+    "SPATIAL_WEIGHT_CUTOFF",
+    "crf_loss",
+    "crf_loss_unfold",
+    "partial_cross_entropy",
+    "partial_dice_loss",
+    "supervised_contrastive_loss",
+]
