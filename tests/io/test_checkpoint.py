@@ -216,7 +216,7 @@ def test_unknown_nested_field_is_refused(tmp_path):
         (
             "model",
             {"size": "small", "features": None, "embedding_dim": "2", "dropout": 0.0},
-            "cannot be built",
+            "cannot be built|do not match",
         ),
     ],
 )
