@@ -217,7 +217,8 @@ class TrainConfig(_DictMixin):
     amp : bool
         Mixed precision on CUDA (bf16 where supported, else fp16).
     num_threads : int, optional
-        CPU threads for torch; default leaves one core free for the UI.
+        CPU threads for torch (process-wide); default: torch's own (all cores). The napari widget
+        passes ``cores - 1`` so the viewer keeps a core.
     preview_interval : float
         Seconds between previews when the trainer is asked for them.
     """
