@@ -136,7 +136,10 @@ class LossConfig(_DictMixin):
     contrastive_weight : float
         Weight of the supervised local contrastive loss on decoder embeddings.
     crf_weight : float
-        Weight of the dense-CRF / Potts loss with intensity + spatial kernel.
+        Weight of the dense-CRF / Potts loss with intensity + spatial kernel. The CRF terms are
+        divided by the sum of the spatial kernel over the window, so each is the kernel-weighted
+        fraction of a voxel's neighbours that disagree with it (0..1): a weight means the same in
+        2D and 3D, for any window and spacing.
     dynamic_crf_weight : float
         Weight of the CRF loss whose kernel also uses the detached deep features.
     temperature : float

@@ -43,6 +43,7 @@ from scribbleseg.core.losses import (
     crf_loss,
     partial_cross_entropy,
     partial_dice_loss,
+    spatial_kernel_sum,
     supervised_contrastive_loss,
 )
 from scribbleseg.core.models import ScribbleNet, build_model
@@ -204,6 +205,13 @@ class Trainer:
         self._crf_spacing = spacing
         self._crf_radius = crf_window_radius(self.loss_config.crf_window_radius, spacing)
         self._crf_sigma_spatial = self.loss_config.crf_sigma_spatial * min(spacing)
+        # Preview context: 15 voxels along the finest axis, fewer along coarse ones (a z-slice of
+        # a thick-slice volume then needs 16 slices read, not 48).
+        self._preview_halo = tuple(int(15 * min(spacing) / s) for s in spacing)
+        # CRF terms are reported per unit of the window's spatial kernel (see LossConfig).
+        self._crf_scale = 1.0 / spatial_kernel_sum(
+            spacing=spacing, sigma_spatial=self._crf_sigma_spatial, window_radius=self._crf_radius
+        )
 
         self.step = 0
         self.seconds = 0.0
@@ -267,7 +275,7 @@ class Trainer:
             self.step += 1
             steps_this_run += 1
             preview = None
-            if self._want_preview(clock.elapsed() - last_preview):
+            if not self._stop.is_set() and self._want_preview(clock.elapsed() - last_preview):
                 preview = self.preview()
                 last_preview = clock.elapsed()
             yield TrainUpdate(
@@ -313,7 +321,9 @@ class Trainer:
             self._preview_due = False
         if region is None:
             return None
-        probabilities = predict_region(self.model, self.source, region, device=self.device, amp=True)
+        probabilities = predict_region(
+            self.model, self.source, region, halo=self._preview_halo, device=self.device, amp=True
+        )
         labels = probabilities_to_labels(probabilities, self.class_map.values)
         return Preview(region=region, labels=labels, probabilities=probabilities, step=self.step)
 
@@ -363,10 +373,10 @@ class Trainer:
                 mask=valid,
             )
             if want_crf:
-                terms["crf"] = crf_loss(probs, image, **kernel)
+                terms["crf"] = self._crf_scale * crf_loss(probs, image, **kernel)
                 total = total + ramp * cfg.crf_weight * terms["crf"]
             if want_dynamic:
-                terms["dynamic_crf"] = crf_loss(
+                terms["dynamic_crf"] = self._crf_scale * crf_loss(
                     probs,
                     image,
                     features=out.features.detach().float(),

@@ -163,14 +163,15 @@ def predict_region(
     source: ImageSource,
     region: Sequence[slice],
     *,
-    halo: int = 16,
+    halo: int | Sequence[int] = 16,
     device: str | torch.device = "auto",
     amp: bool = True,
 ) -> np.ndarray:
     """Probabilities of one small region in a single forward pass (live preview).
 
-    The region (clipped to the image) plus ``halo`` is read, padded to a
-    multiple of 16, run through the network once, and cropped back.
+    The region (clipped to the image) plus ``halo`` (voxels on each side, one
+    value or one per axis) is read, padded to a multiple of 16, run through the
+    network once, and cropped back.
 
     Returns
     -------
@@ -181,7 +182,8 @@ def predict_region(
         slice(max(0, s.start or 0), min(n, s.stop if s.stop is not None else n))
         for s, n in zip(region, source.spatial_shape, strict=True)
     )
-    read_region = _grow(region, [halo] * len(region), [0] * len(region))
+    halos = [halo] * len(region) if isinstance(halo, int) else list(halo)
+    read_region = _grow(region, halos, [0] * len(region))
     image = torch.from_numpy(source.read(read_region))[None].to(dev)
     was_training = model.training
     model.eval()

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-__all__ = ["SPATIAL_WEIGHT_CUTOFF", "crf_loss", "crf_loss_unfold"]
+__all__ = ["SPATIAL_WEIGHT_CUTOFF", "crf_loss", "crf_loss_unfold", "spatial_kernel_sum"]
 
 #: Offsets whose spatial Gaussian weight is below this value are skipped (see the module docstring).
 SPATIAL_WEIGHT_CUTOFF: float = 1e-4
@@ -165,6 +165,23 @@ def _guide(
 def _spatial_weight(offset: Sequence[int], spacing: Sequence[float], sigma_spatial: float) -> float:
     squared_distance = sum((o * s) ** 2 for o, s in zip(offset, spacing, strict=True))
     return math.exp(-squared_distance / (2.0 * float(sigma_spatial) ** 2))
+
+
+def spatial_kernel_sum(
+    *, spacing: Sequence[float], sigma_spatial: float, window_radius: Sequence[int]
+) -> float:
+    """Sum of the spatial weights of the window's offsets (the centre and cut-off offsets excluded).
+
+    It is the largest degree a voxel can have (all intensities equal). Dividing the CRF loss by it
+    makes a loss weight mean the same in 2D and 3D and for any window or spacing.
+    """
+    total = 0.0
+    for offset in itertools.product(*(range(-r, r + 1) for r in window_radius)):
+        if any(offset):
+            weight = _spatial_weight(offset, spacing, sigma_spatial)
+            if weight >= SPATIAL_WEIGHT_CUTOFF:
+                total += weight
+    return total
 
 
 def _half_window_regions(
