@@ -5,7 +5,8 @@ Usage::
     python -m scribbleseg.napari [--sample nuclei2d|mri3d]
 
 With ``--sample`` the viewer opens with the sample image and its scribbles (a Labels layer),
-scaled to the sample's physical spacing, on a slice that has scribbles.
+scaled to the sample's physical spacing, on a slice that has scribbles. The ScribbleSeg dock
+widget is docked on the right.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ from scribbleseg.samples import SAMPLE_NAMES
 
 if TYPE_CHECKING:
     import napari
+
+#: Display name of the dock widget in the manifest (``napari.yaml``).
+WIDGET_NAME = "ScribbleSeg"
 
 SAMPLE_LOADERS = {"nuclei2d": _sample_data.nuclei2d, "mri3d": _sample_data.mri3d}
 
@@ -73,10 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.sample is not None:
         add_sample_layers(viewer, args.sample)
 
-    # ---- ScribbleSeg dock widget -------------------------------------------------------------
-    # Add the training widget here once it exists, e.g.
-    #     viewer.window.add_dock_widget(ScribbleSegWidget(viewer), name="ScribbleSeg", area="right")
-    # --------------------------------------------------------------------------------------------
+    # The dock widget comes through the npe2 manifest, as from the Plugins menu.
+    viewer.window.add_plugin_dock_widget("scribbleseg", WIDGET_NAME)
 
     napari.run()
     return 0
