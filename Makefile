@@ -35,8 +35,8 @@ demo: setup
 	bash scripts/demo.sh $(PY) $(DEMO_DIR)
 
 lint: setup
-	$(VENV)/bin/ruff check src tests benchmarks
-	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/ruff check src tests benchmarks scripts
+	$(VENV)/bin/ruff format --check src tests benchmarks scripts
 
 format: setup
 	$(VENV)/bin/ruff format src tests benchmarks

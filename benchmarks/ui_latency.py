@@ -83,9 +83,9 @@ def _summary(samples: list[float]) -> dict[str, float]:
 
 
 def run(sample: str, seconds: float, interval_ms: int, idle_seconds: float) -> dict[str, object]:
+    import napari
     from qtpy.QtWidgets import QApplication
 
-    import napari
     from scribbleseg.napari.__main__ import WIDGET_NAME, add_sample_layers
 
     viewer = napari.Viewer(title="ScribbleSeg UI latency", show=True)

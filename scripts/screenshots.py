@@ -56,10 +56,10 @@ def shoot(
     max_width: int,
 ) -> Path:
     """Train on ``sample`` for ``seconds`` and capture the window; return the PNG path."""
+    import napari
     from napari.settings import get_settings
     from qtpy.QtWidgets import QApplication
 
-    import napari
     from scribbleseg.napari.__main__ import WIDGET_NAME, add_sample_layers
 
     get_settings().application.gui_notification_level = "error"  # no warning toasts over the picture

@@ -52,12 +52,13 @@ def test_stop_from_another_thread_is_honoured_at_the_next_step(blobs2d):
 
     timer = threading.Timer(0.5, stop)
     timer.start()
-    step_times, last = [], time.perf_counter()
+    step_times, last, updates = [], time.perf_counter(), []
     for update in trainer.run():
         now = time.perf_counter()
         step_times.append(now - last)
         last = now
-    assert update.reason == "stopped"
+        updates.append(update)
+    assert updates[-1].reason == "stopped"
     # at most the step in flight finishes after stop()
     assert last - stopped_at[0] <= max(step_times) + 0.2
 

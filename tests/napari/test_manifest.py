@@ -58,6 +58,7 @@ def test_open_sample_and_save_selected_labels_through_napari(make_napari_viewer,
 @pytest.mark.gui
 def test_launcher_opens_the_sample_with_the_widget_docked(monkeypatch, make_napari_viewer):
     import napari
+
     from scribbleseg.napari import __main__ as launcher
     from scribbleseg.napari._widget import ScribbleSegWidget
 

@@ -18,9 +18,8 @@ from scribbleseg.errors import AnnotationError, InputError
 from scribbleseg.napari._model import ChannelStack, Region, view_region
 
 if TYPE_CHECKING:
-    from napari.layers import Image, Labels, Layer, Points
-
     import napari
+    from napari.layers import Image, Labels, Layer, Points
 
 __all__ = [
     "MAX_PREVIEW_SHAPE",

@@ -21,9 +21,8 @@ from scribbleseg.napari._layers import (
 from scribbleseg.napari._model import PredictionRecord, Region
 
 if TYPE_CHECKING:
-    from napari.layers import Image, Labels, Layer
-
     import napari
+    from napari.layers import Image, Labels, Layer
 
 __all__ = ["OutputLayers"]
 

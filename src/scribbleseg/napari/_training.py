@@ -32,6 +32,7 @@ from scribbleseg.napari._workers import BackgroundRun
 
 if TYPE_CHECKING:
     import napari
+
     from scribbleseg.core.config import ModelConfig
     from scribbleseg.core.models import ScribbleNet
     from scribbleseg.napari._classes import ClassTable

@@ -42,6 +42,7 @@ from scribbleseg.napari._workers import BackgroundRun
 
 if TYPE_CHECKING:
     import napari
+
     from scribbleseg.core.models import ScribbleNet
     from scribbleseg.io.checkpoint import ModelMetadata
 
