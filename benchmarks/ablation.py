@@ -1,8 +1,9 @@
 """Loss ablation on a shipped sample: what each loss term adds under the same CPU time budget.
 
 Trains the default network with pCE only, pCE + CRF, pCE + contrastive, pCE + dynamic CRF, and all
-terms, each for the same wall-clock budget on the same scribbles, predicts the whole image and
-reports the foreground Dice against the ground truth and the number of steps done.
+terms (weights from ``REGULARIZED_WEIGHTS``), each for the same wall-clock budget on the same
+scribbles, predicts the whole image and reports the foreground Dice against the ground truth and
+the number of steps done.
 
     python benchmarks/ablation.py                      # nuclei2d, 60 s per run, seed 0
     python benchmarks/ablation.py --budget 30 --seeds 0 1 2 --sample mri3d
@@ -21,7 +22,7 @@ from pathlib import Path
 import torch
 
 from scribbleseg.core.annotations import labels_to_target
-from scribbleseg.core.config import LossConfig, TrainConfig
+from scribbleseg.core.config import REGULARIZED_WEIGHTS, LossConfig, TrainConfig
 from scribbleseg.core.engine import Trainer
 from scribbleseg.core.inference import predict_probabilities, probabilities_to_labels
 from scribbleseg.core.metrics import dice_iou
@@ -29,12 +30,14 @@ from scribbleseg.core.volume import ImageSource
 from scribbleseg.samples import load_sample
 
 DEFAULT = LossConfig()
+ON = REGULARIZED_WEIGHTS
+OFF = {name: 0.0 for name in ON}
 VARIANTS = {
-    "pCE only": replace(DEFAULT, contrastive_weight=0.0, crf_weight=0.0, dynamic_crf_weight=0.0),
-    "pCE + CRF": replace(DEFAULT, contrastive_weight=0.0, dynamic_crf_weight=0.0),
-    "pCE + contrastive": replace(DEFAULT, crf_weight=0.0, dynamic_crf_weight=0.0),
-    "pCE + dynamic CRF": replace(DEFAULT, contrastive_weight=0.0, crf_weight=0.0),
-    "all (default)": DEFAULT,
+    "pCE only": replace(DEFAULT, **OFF),
+    "pCE + CRF": replace(DEFAULT, **{**OFF, "crf_weight": ON["crf_weight"]}),
+    "pCE + contrastive": replace(DEFAULT, **{**OFF, "contrastive_weight": ON["contrastive_weight"]}),
+    "pCE + dynamic CRF": replace(DEFAULT, **{**OFF, "dynamic_crf_weight": ON["dynamic_crf_weight"]}),
+    "all": replace(DEFAULT, **ON),
 }
 
 

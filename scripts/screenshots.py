@@ -52,7 +52,6 @@ def shoot(
     out: Path,
     *,
     show_uncertainty: bool = False,
-    regularizers: bool,
     max_width: int,
 ) -> Path:
     """Train on ``sample`` for ``seconds`` and capture the window; return the PNG path."""
@@ -69,9 +68,6 @@ def shoot(
         viewer.window.resize(*WINDOW_SIZE)
         add_sample_layers(viewer, sample)
         _, widget = viewer.window.add_plugin_dock_widget("scribbleseg", WIDGET_NAME)
-        if not regularizers:
-            for name in ("contrastive_weight", "crf_weight", "dynamic_crf_weight"):
-                getattr(widget.settings, name).value = 0.0
         _wait(app, 1.0)
         previews: list[int] = []
         widget.training.preview_written.connect(previews.append)
@@ -106,14 +102,9 @@ def main(argv: list[str] | None = None) -> int:
         "--only", choices=("nuclei2d", "mri3d"), help="make the screenshots of one sample only"
     )
     parser.add_argument("--max-width", type=int, default=1100, help="width of the PNGs in pixels")
-    parser.add_argument(
-        "--regularizers",
-        action="store_true",
-        help="train with the default loss weights; without it the contrastive and CRF weights are set to 0",
-    )
     args = parser.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    options = {"regularizers": args.regularizers, "max_width": args.max_width}
+    options = {"max_width": args.max_width}
     if args.only in (None, "nuclei2d"):
         shoot("nuclei2d", args.seconds_2d, args.out, **options)
         shoot("nuclei2d", args.seconds_2d, args.out, show_uncertainty=True, **options)

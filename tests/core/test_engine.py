@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from scribbleseg.core.annotations import labels_to_target
-from scribbleseg.core.config import LossConfig, TrainConfig
+from scribbleseg.core.config import REGULARIZED_WEIGHTS, LossConfig, TrainConfig
 from scribbleseg.core.engine import Trainer
 from scribbleseg.core.inference import predict_probabilities, probabilities_to_labels
 from scribbleseg.core.metrics import dice_iou
 from scribbleseg.core.volume import ImageSource
 
-FAST_LOSS = LossConfig(warmup_steps=1, dynamic_start_step=2, contrastive_samples=256)
+FAST_LOSS = LossConfig(warmup_steps=1, dynamic_start_step=2, contrastive_samples=256, **REGULARIZED_WEIGHTS)
 
 
 def _trainer(image, scribbles, *, channel_axis=None, spacing=None, **train):

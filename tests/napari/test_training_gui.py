@@ -17,9 +17,6 @@ from scribbleseg.samples import load_sample
 
 pytestmark = pytest.mark.gui
 
-NO_REGULARIZERS = {"contrastive_weight": 0.0, "crf_weight": 0.0, "dynamic_crf_weight": 0.0}
-
-
 def _set(settings, **values):
     for name, value in values.items():
         getattr(settings, name).value = value
@@ -51,7 +48,7 @@ def test_trains_on_the_2d_sample_and_beats_a_threshold(make_napari_viewer, dock_
     add_sample_layers(viewer, "nuclei2d")
     widget = dock_widget(viewer)
     assert widget.classes.values() == (1, 2) and widget.classes.background() == 1
-    _set(widget.settings, max_steps=150, **NO_REGULARIZERS)
+    _set(widget.settings, max_steps=150)  # default losses
     previews = []
     widget.training.preview_written.connect(previews.append)
     widget.training_panel.train_button.click()
