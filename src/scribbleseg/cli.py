@@ -158,10 +158,30 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("image", metavar="IMAGE")
     predict.add_argument("-o", "--output", metavar="OUT", required=True, help="labels file to write")
     predict.add_argument(
-        "--probabilities", metavar="OUT", help="also write class probabilities (K, [Z,] Y, X) float32"
+        "--probabilities", metavar="OUT", help="also write class probabilities (K, [Z,] Y, X)"
+    )
+    predict.add_argument(
+        "--probabilities-dtype",
+        choices=["float32", "float16"],
+        default="float32",
+        help="stored type of the probabilities (default float32)",
     )
     _add_image_options(predict)
     predict.add_argument("--tta", action="store_true", help="average over flipped copies (slower)")
+    predict.add_argument(
+        "--scheduler",
+        metavar="ADDRESS",
+        help="run the blocks on a dask.distributed cluster: tcp://host:8786, or local:N for N local "
+        "worker processes (paths must be visible to the workers)",
+    )
+    predict.add_argument(
+        "--block-size",
+        type=_ints,
+        metavar="[Z,]Y,X",
+        help="voxels predicted per block, a multiple of the output chunks (default about 256^3 in 3D, "
+        "2048^2 in 2D); memory grows with it",
+    )
+    predict.add_argument("--quiet", action="store_true", help="no progress lines")
     predict.set_defaults(func=_cmd_predict)
 
     evaluate = sub.add_parser(
@@ -178,8 +198,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     export = sub.add_parser(
         "export",
-        help="write labels as TIFF / OME-TIFF / zarr",
-        description="Convert LABELS to OUT (.tif, .ome.tif, .zarr or .npy), optionally with a class as 0.",
+        help="write labels as TIFF / OME-TIFF / OME-Zarr",
+        description="Convert LABELS to OUT, block by block, optionally with a class as 0: .tif (ImageJ "
+        "hyperstack with spacing, BigTIFF above 4 GB, compressed), .ome.tif (OME-TIFF), .zarr (OME-Zarr "
+        "labels with a multiscale pyramid) or .npy.",
     )
     export.add_argument("labels", metavar="LABELS")
     export.add_argument("-o", "--output", metavar="OUT", required=True)
@@ -324,29 +346,100 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    from scribbleseg.core.inference import predict_probabilities, probabilities_to_labels, resolve_device
-    from scribbleseg.io.arrays import write_array
-    from scribbleseg.io.checkpoint import load_model
+    import pathlib
+    import shutil
+
+    import zarr
+
+    from scribbleseg.core.blockwise import BlockwiseProgress, predict_blockwise, reading_image
+    from scribbleseg.core.inference import resolve_device
+    from scribbleseg.distributed import ImageSpec, predict_on_cluster, weights_fingerprint
+    from scribbleseg.io.arrays import file_format, output_path, write_array
+    from scribbleseg.io.checkpoint import load_model, read_metadata
+    from scribbleseg.io.zarr import lazy_zarr
 
     try:
         device = resolve_device(args.device)
     except ValueError as exc:
         raise InputError(str(exc)) from None
-    model, meta = load_model(args.model, device=device)
+    meta = read_metadata(args.model)
     source = _image_source(args, args.image, meta.spatial_dims)
     if source.n_channels != meta.in_channels:
         raise InputError(
             f"IMAGE {args.image} has {source.n_channels} channel(s) but model {args.model} expects "
             f"{meta.in_channels}; use --channel-axis to pick the channel axis"
         )
-    start = time.perf_counter()
-    probabilities = predict_probabilities(model, source, device=device, tta=args.tta)
-    labels = probabilities_to_labels(probabilities, meta.class_values)
-    write_array(args.output, labels, spacing=source.spacing)
-    if args.probabilities:
-        axes = "CZYX" if meta.spatial_dims == 3 else "CYX"
-        write_array(args.probabilities, probabilities, spacing=source.spacing, axes=axes)
-    _say(f"predicted {source.spatial_shape} in {time.perf_counter() - start:.1f} s -> {args.output}")
+    if args.block_size is not None and len(args.block_size) != meta.spatial_dims:
+        raise InputError(
+            f"--block-size has {len(args.block_size)} values but the image has {meta.spatial_dims} "
+            "spatial axes"
+        )
+    image_path = pathlib.Path(args.image).resolve()
+    # (final file, zarr predicted into, axes) for the labels and, if asked, the probabilities
+    outputs: list[tuple[pathlib.Path, pathlib.Path, str]] = []
+    spatial_axes = "ZYX"[-meta.spatial_dims :]
+    for name, axes in ((args.output, spatial_axes), (args.probabilities, "C" + spatial_axes)):
+        if name is None:
+            continue
+        final = output_path(name)
+        resolved = final.resolve()
+        if resolved == image_path or image_path in resolved.parents:
+            raise InputError(f"OUT {final} would overwrite IMAGE {args.image}: choose another name")
+        # A non-zarr OUT is predicted into a hidden zarr beside it (resumable), then converted.
+        target = final if file_format(final) == "zarr" else final.with_name(f".{final.name}.partial.zarr")
+        outputs.append((final, target, axes))
+    labels_target = outputs[0][1]
+    probabilities_target = outputs[1][1] if len(outputs) > 1 else None
+    with reading_image(f"IMAGE {args.image}"):
+        normalisation = source.normalisation  # sampled once, shared by every block and worker
+
+    last_print = [time.perf_counter()]
+
+    def report(update: BlockwiseProgress) -> None:
+        now = time.perf_counter()
+        if args.quiet or now - last_print[0] < 10.0:
+            return
+        last_print[0] = now
+        left = update.elapsed / update.blocks_computed * (update.blocks_total - update.blocks_done)
+        _say(
+            f"block {update.blocks_done}/{update.blocks_total} ({100 * update.fraction:.0f} %), "
+            f"{update.elapsed:.0f} s, about {left:.0f} s left"
+        )
+
+    options: dict[str, Any] = {
+        "probabilities": probabilities_target,
+        "probabilities_dtype": args.probabilities_dtype,
+        "block_shape": args.block_size,
+        "tta": args.tta,
+        "progress": report,
+    }
+    if args.scheduler:
+        image = ImageSpec(str(image_path), source.channel_axis, source.spacing, normalisation)
+        result = predict_on_cluster(
+            args.model, image, labels_target, scheduler=args.scheduler, device=args.device, **options
+        )
+    else:
+        model, _ = load_model(args.model, device=device)
+        result = predict_blockwise(
+            model,
+            source,
+            labels_target,
+            class_values=meta.class_values,
+            device=device,
+            model_id=weights_fingerprint(args.model),
+            image_name=str(image_path),
+            **options,
+        )
+    for final, target, axes in outputs:
+        if target != final:
+            data = lazy_zarr(zarr.open_array(str(target), mode="r"), target)
+            write_array(final, data, spacing=source.spacing, axes=axes)
+            shutil.rmtree(target, ignore_errors=True)
+    resumed = f", {result.blocks_skipped} already done" if result.blocks_skipped else ""
+    _say(
+        f"predicted {source.spatial_shape} in {result.seconds:.1f} s ({result.blocks_total} blocks"
+        f"{resumed}) -> {args.output}"
+    )
     return 0
 
 
@@ -379,17 +472,25 @@ def _mean(values: Sequence[float]) -> float | None:
 def _cmd_export(args: argparse.Namespace) -> int:
     import dask.array as da
 
-    from scribbleseg.io.arrays import read_array, write_array
+    from scribbleseg.io.arrays import default_axes, file_format, read_array, write_array
+    from scribbleseg.io.ome import write_ome_zarr
+    from scribbleseg.io.zarr import default_chunks
 
     labels = read_array(args.labels, lazy=True)
     data = labels.data
     if data.dtype.kind not in "uib":
         raise InputError(f"LABELS {args.labels} has dtype {data.dtype}; labels must be integers")
+    axes = labels.axes if labels.axes and len(labels.axes) == data.ndim and "S" not in labels.axes else None
+    if not isinstance(data, da.Array):  # e.g. a memory-mapped .npy: read it chunk by chunk
+        chunk_axes = axes or default_axes(data.ndim)
+        data = da.from_array(data, chunks=default_chunks(tuple(data.shape), chunk_axes))
     if args.background_class is not None:
-        background = args.background_class
-        data = da.asarray(data)
-        data = da.where(data == background, 0, data).astype(data.dtype)
-    write_array(args.output, data, spacing=args.spacing or labels.spacing)
+        data = da.where(data == args.background_class, 0, data).astype(data.dtype)
+    spacing = args.spacing or labels.spacing
+    if file_format(args.output) == "zarr":
+        write_ome_zarr(args.output, data, spacing=spacing, axes=axes, labels=True)
+    else:
+        write_array(args.output, data, spacing=spacing, axes=axes)
     _say(f"wrote {args.output}")
     return 0
 

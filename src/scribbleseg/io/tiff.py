@@ -18,7 +18,9 @@ Writing picks one of three layouts:
     :func:`~scribbleseg.io.arrays.write_array`) with ``PhysicalSizeX/Y/Z``;
     BigTIFF when large.
 
-Data are written page by page, so a dask array is never loaded whole.
+Data are written page by page; a dask array is computed in slabs of at most
+:data:`SLAB_BYTES`, so it is never loaded whole. Lazily read TIFFs raise
+:class:`~scribbleseg.errors.InputError` for pages that cannot be decoded.
 ``int64`` / ``uint64`` arrays (the usual NumPy labels) are stored in the
 smallest type that holds their values: uint8, uint16 or uint32 when no value
 is negative, else int32 (64 bits are kept only when the values need them);
@@ -53,7 +55,7 @@ from scribbleseg.io.arrays import (
     to_micrometres,
 )
 
-__all__ = ["BIGTIFF_THRESHOLD", "IMAGEJ_DTYPES", "read_tiff", "tiff_dtype", "write_tiff"]
+__all__ = ["BIGTIFF_THRESHOLD", "IMAGEJ_DTYPES", "SLAB_BYTES", "read_tiff", "tiff_dtype", "write_tiff"]
 
 #: Uncompressed size in bytes above which a BigTIFF is written (classic TIFF
 #: offsets are 32-bit; the margin leaves room for tags and compression overhead).
@@ -96,21 +98,37 @@ def tiff_dtype(array: Any) -> np.dtype:
     return dtype
 
 
+#: Most bytes of a dask array computed at once while writing pages.
+SLAB_BYTES = 256 * 2**20
+
+
 def _iter_pages(data: np.ndarray | da.Array, dtype: np.dtype) -> Iterator[np.ndarray]:
     """Yield the ``(Y, X)`` planes of ``data`` in C order, converted to ``dtype``.
 
-    A dask array is computed one chunk-row of its first axis at a time.
+    A dask array is computed in slabs along its first axis: one chunk-row at
+    a time, split further so that a slab holds at most :data:`SLAB_BYTES`
+    (at least one plane), so memory stays bounded whatever the volume size.
     """
     if data.ndim == 2:
         yield np.ascontiguousarray(np.asarray(data), dtype=dtype)
         return
     if is_lazy_array(data):
+        row_bytes = int(np.prod(data.shape[1:], dtype=np.int64)) * max(dtype.itemsize, data.dtype.itemsize)
+        rows_per_slab = max(1, SLAB_BYTES // max(1, row_bytes))
         start = 0
         for size in data.chunks[0]:
-            slab = np.asarray(data[start : start + size].compute())
+            for first in range(start, start + size, rows_per_slab):
+                last = min(first + rows_per_slab, start + size)
+                if data.ndim > 3 and row_bytes > SLAB_BYTES:
+                    # e.g. (C, Z, Y, X) with huge Z*Y*X: recurse one entry at a time
+                    for entry in range(first, last):
+                        yield from _iter_pages(data[entry], dtype)
+                    continue
+                slab = np.asarray(data[first:last].compute())
+                for index in np.ndindex(slab.shape[:-2]):
+                    yield np.ascontiguousarray(slab[index], dtype=dtype)
+                del slab
             start += size
-            for index in np.ndindex(slab.shape[:-2]):
-                yield np.ascontiguousarray(slab[index], dtype=dtype)
         return
     for index in np.ndindex(data.shape[:-2]):
         yield np.ascontiguousarray(data[index], dtype=dtype)
@@ -334,9 +352,12 @@ def _lazy_series(path: pathlib.Path, series: Any) -> np.ndarray | da.Array:
         return tifffile.memmap(path, series=0, mode="r")
     import zarr
 
-    # The store reopens the file on demand, so it outlives the TiffFile here.
+    from scribbleseg.io.zarr import lazy_zarr
+
+    # The store reopens the file on demand, so it outlives the TiffFile here; failed
+    # reads of a corrupt page raise InputError naming the file.
     store = series.aszarr(level=0)
-    return da.from_zarr(zarr.open_array(store, mode="r"))
+    return lazy_zarr(zarr.open_array(store, mode="r"), path)
 
 
 def _as_micrometres(value: float, unit: str | None) -> float:

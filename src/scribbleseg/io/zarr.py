@@ -5,7 +5,12 @@ OME-Zarr image (NGFF v0.4 ``.zattrs`` ``multiscales``, or v0.5 ``zarr.json``
 ``attributes["ome"]["multiscales"]``), of which level 0 is read. Writing makes
 a zarr v3 array whose ``dimension_names`` are the axes and whose
 ``attributes["scribbleseg"]`` holds ``axes`` and ``spacing``; OME-Zarr
-writing is not done here yet.
+writing is in :mod:`scribbleseg.io.ome`.
+
+A prediction written block by block (:mod:`scribbleseg.core.blockwise`)
+carries ``attributes["scribbleseg"]["complete"]``, false until its last block
+is written: reading such an incomplete array raises :class:`InputError`
+(rerun the prediction to finish it) unless ``allow_incomplete=True``.
 """
 
 from __future__ import annotations
@@ -32,7 +37,16 @@ from scribbleseg.io.arrays import (
     to_micrometres,
 )
 
-__all__ = ["default_chunks", "is_ome_zarr", "open_zarr_array", "read_zarr", "write_zarr"]
+__all__ = [
+    "check_complete",
+    "default_chunks",
+    "is_complete",
+    "is_ome_zarr",
+    "lazy_zarr",
+    "open_zarr_array",
+    "read_zarr",
+    "write_zarr",
+]
 
 #: Key of our own metadata in a written array's attributes.
 ATTRIBUTES_KEY = "scribbleseg"
@@ -92,7 +106,74 @@ def _level_zero(path: pathlib.Path, group: zarr.Group, multiscales: Any) -> tupl
     return array, dict(image)
 
 
-def open_zarr_array(path: str | os.PathLike[str]) -> zarr.Array:
+class CheckedReader:
+    """Array-like view of a zarr array whose failed reads raise :class:`InputError`.
+
+    Wrapped with ``dask.array.from_array``, a chunk that cannot be decoded
+    (corrupt, truncated, deleted) surfaces as one clear error naming the file,
+    wherever the dask graph is computed (threads or ``dask.distributed``
+    workers; the reader pickles as its zarr array and path).
+
+    Parameters
+    ----------
+    array : zarr.Array
+        Any object with ``shape``, ``dtype`` and ``__getitem__``.
+    path : pathlib.Path
+        Named in the error message.
+    """
+
+    def __init__(self, array: Any, path: pathlib.Path) -> None:
+        self.array = array
+        self.path = path
+        self.shape = tuple(int(s) for s in array.shape)
+        self.dtype = np.dtype(array.dtype)
+        self.ndim = len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        try:
+            return np.asarray(self.array[key])
+        except MemoryError:
+            raise
+        except Exception as exc:  # numcodecs, zarr, tifffile, OSError … for a bad or missing chunk
+            detail = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+            raise InputError(
+                f"cannot read {self.path}: a chunk is missing, corrupt or unreadable ({detail}) — check "
+                "or re-copy the file"
+            ) from exc
+
+    def __dask_tokenize__(self) -> tuple[str, tuple[int, ...], str]:
+        return (str(self.path), self.shape, str(self.dtype))
+
+
+def lazy_zarr(array: Any, path: pathlib.Path) -> da.Array:
+    """Wrap ``array`` in a dask array with its chunks whose failed reads raise :class:`InputError`."""
+    reader = CheckedReader(array, path)
+    chunks = getattr(array, "chunks", None)
+    chunks = tuple(int(c) for c in chunks) if chunks is not None else "auto"
+    meta = np.empty((0,) * reader.ndim, dtype=reader.dtype)
+    return da.from_array(reader, chunks=chunks, asarray=False, fancy=False, meta=meta)
+
+
+def is_complete(array: zarr.Array) -> bool:
+    """Whether ``array`` is not an unfinished blockwise prediction.
+
+    Arrays without ``attributes["scribbleseg"]["complete"]`` (anything not
+    written block by block by ScribbleSeg) count as complete.
+    """
+    ours = array.attrs.get(ATTRIBUTES_KEY)
+    return not (isinstance(ours, Mapping) and ours.get("complete") is False)
+
+
+def check_complete(array: zarr.Array, path: pathlib.Path) -> None:
+    """Raise :class:`InputError` if ``array`` (read from ``path``) is an unfinished prediction."""
+    if not is_complete(array):
+        raise InputError(
+            f"{path} is an incomplete prediction (interrupted, or still being written) — rerun "
+            "'scribbleseg predict' with the same arguments to finish it"
+        )
+
+
+def open_zarr_array(path: str | os.PathLike[str], *, allow_incomplete: bool = False) -> zarr.Array:
     """Open the image array of a zarr path read-only.
 
     Parameters
@@ -100,6 +181,8 @@ def open_zarr_array(path: str | os.PathLike[str]) -> zarr.Array:
     path : path-like
         A zarr v2 / v3 array, an OME-Zarr image (level 0 is returned), or a
         group holding exactly one array.
+    allow_incomplete : bool
+        Also open an unfinished blockwise prediction.
 
     Returns
     -------
@@ -108,10 +191,13 @@ def open_zarr_array(path: str | os.PathLike[str]) -> zarr.Array:
     Raises
     ------
     InputError
-        If the path is missing or not a zarr array / OME-Zarr image.
+        If the path is missing or not a zarr array / OME-Zarr image, or is an
+        incomplete prediction (without ``allow_incomplete``).
     """
     path = pathlib.Path(path)
     array, _ = _open_image(path)
+    if not allow_incomplete:
+        check_complete(array, path)
     return array
 
 
@@ -186,7 +272,9 @@ def _own_axes_and_spacing(array: zarr.Array) -> tuple[str | None, tuple[float, .
     return axes, spacing
 
 
-def read_zarr(path: str | os.PathLike[str], *, lazy: bool = False) -> ArrayFile:
+def read_zarr(
+    path: str | os.PathLike[str], *, lazy: bool = False, allow_incomplete: bool = False
+) -> ArrayFile:
     """Read a zarr array / OME-Zarr image (level 0).
 
     Parameters
@@ -194,6 +282,9 @@ def read_zarr(path: str | os.PathLike[str], *, lazy: bool = False) -> ArrayFile:
     path : path-like
     lazy : bool
         Return a dask array with the zarr chunks instead of loading the data.
+    allow_incomplete : bool
+        Also read an unfinished blockwise prediction (its missing blocks read
+        as 0); by default it is refused.
 
     Returns
     -------
@@ -201,9 +292,17 @@ def read_zarr(path: str | os.PathLike[str], *, lazy: bool = False) -> ArrayFile:
         ``axes`` and ``spacing`` from the OME-Zarr ``multiscales`` (level 0
         scale, micrometres when the unit is known), else from the array's
         ``dimension_names`` / ``attributes["scribbleseg"]``.
+
+    Raises
+    ------
+    InputError
+        If the path is missing, not a zarr array / OME-Zarr image, corrupt, or
+        an incomplete prediction (without ``allow_incomplete``).
     """
     path = pathlib.Path(path)
     array, image = _open_image(path)
+    if not allow_incomplete:
+        check_complete(array, path)
     check_array(array, path)
     if image is not None:
         axes, spacing = _ome_axes_and_spacing(image, array.ndim)
@@ -212,7 +311,7 @@ def read_zarr(path: str | os.PathLike[str], *, lazy: bool = False) -> ArrayFile:
     if spacing is not None and axes is not None and len(spacing) != sum(a in "ZYX" for a in axes):
         spacing = None
     if lazy:
-        data: np.ndarray | da.Array = da.from_zarr(array)
+        data: np.ndarray | da.Array = lazy_zarr(array, path)
     else:
         try:
             data = np.asarray(array[...])
