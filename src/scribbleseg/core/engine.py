@@ -286,6 +286,8 @@ class Trainer:
                 labelled_voxels=self.labelled_voxels,
                 preview=preview,
             )
+        if steps_this_run:
+            self.recalibrate_batch_norm()
         self.seconds += clock.elapsed()
         self.model.eval()
         yield TrainUpdate(
@@ -326,6 +328,36 @@ class Trainer:
         )
         labels = probabilities_to_labels(probabilities, self.class_map.values)
         return Preview(region=region, labels=labels, probabilities=probabilities, step=self.step)
+
+    @torch.no_grad()
+    def recalibrate_batch_norm(self, batches: int = 8) -> None:
+        """Re-estimate batch-norm statistics with the final weights.
+
+        During training the running statistics are an exponential average over
+        earlier weights; after a short run they no longer match the network, and
+        eval-mode predictions (previews, whole-image prediction, saved models)
+        are much worse than the training loss suggests. A few forward passes in
+        train mode with a cumulative average (``momentum=None``) fix that.
+        """
+        norms = [m for m in self.model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+        if not norms:
+            return
+        momenta = [m.momentum for m in norms]
+        was_training = self.model.training
+        try:
+            for m in norms:
+                m.reset_running_stats()
+                m.momentum = None
+            self.model.train()
+            for _ in range(batches):
+                batch = self.sampler.sample()
+                image = torch.from_numpy(batch.image).to(self.device)
+                with autocast_context(self.device, self._amp_dtype is not None):
+                    self.model(image)
+        finally:
+            for m, momentum in zip(norms, momenta, strict=True):
+                m.momentum = momentum
+            self.model.train(was_training)
 
     def _regularizer_ramp(self) -> float:
         warmup = self.loss_config.warmup_steps

@@ -8,11 +8,10 @@ filled by reflection, the same way the patch sampler fills them in training.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
-from monai.inferers import sliding_window_inference
 
 from scribbleseg.core.models import DOWNSAMPLING, ScribbleNet
 from scribbleseg.core.volume import ImageSource
@@ -68,18 +67,6 @@ def _grow(region: Sequence[slice], halo: Sequence[int], minimum: Sequence[int]) 
     return tuple(grown)
 
 
-def _full_region(source: ImageSource) -> tuple[slice, ...]:
-    return tuple(slice(0, s) for s in source.spatial_shape)
-
-
-def _flips(spatial_dims: int, tta: bool) -> Iterator[tuple[int, ...]]:
-    yield ()
-    if tta:
-        for axis in range(spatial_dims):
-            yield (axis + 2,)
-
-
-@torch.no_grad()
 def predict_probabilities(
     model: ScribbleNet,
     source: ImageSource,
@@ -87,74 +74,56 @@ def predict_probabilities(
     region: Sequence[slice] | None = None,
     roi_size: Sequence[int] | None = None,
     overlap: float = 0.25,
-    batch_size: int = 4,
-    halo: int = 16,
+    batch_size: int | None = None,
     device: str | torch.device = "auto",
     amp: bool = True,
     tta: bool = False,
-    progress: Callable[[float], None] | None = None,
 ) -> np.ndarray:
     """Class probabilities of a region by Gaussian-blended sliding windows.
+
+    Windows lie on one grid fixed by the image (not by the region), so any
+    region, block or whole image gets the same numbers:
+    :func:`scribbleseg.core.blockwise.predict_blockwise` writes the same
+    prediction block by block to zarr for images larger than memory.
 
     Parameters
     ----------
     model : ScribbleNet
-        Put in eval mode here.
+        Run in eval mode (its mode is restored afterwards).
     source : ImageSource
     region : tuple of slice, optional
-        Spatial region (within the image); default the whole image, which must
-        then fit in memory (use blockwise prediction for larger images).
+        Spatial region (within the image); default the whole image, whose
+        probabilities must then fit in memory.
     roi_size : tuple of int, optional
         Window size (multiples of 16); default :func:`default_roi_size`.
     overlap : float
         Window overlap fraction.
-    batch_size : int
+    batch_size : int, optional
         Windows per forward pass.
-    halo : int
-        Voxels of context read around the region on each side.
     device : str or torch.device
     amp : bool
         Mixed precision on CUDA.
     tta : bool
         Average over flips along each spatial axis (test-time augmentation).
-    progress : callable, optional
-        Called with the fraction done (0..1) after each flip pass.
 
     Returns
     -------
     (K, *region) float32 ndarray
     """
-    dev = resolve_device(device)
-    region = tuple(region) if region is not None else _full_region(source)
-    shape = tuple(s.stop - s.start for s in region)
-    roi = tuple(roi_size) if roi_size is not None else default_roi_size(shape)
-    if any(r % DOWNSAMPLING for r in roi):
-        raise ValueError(f"roi_size {roi} must be multiples of {DOWNSAMPLING}")
-    read_region = _grow(region, [halo] * len(region), roi)
-    image = torch.from_numpy(source.read(read_region))[None].to(dev)
-    model = model.to(dev).eval()
+    # Imported here: blockwise builds on this module's helpers.
+    from scribbleseg.core.blockwise import predict_grid
 
-    def predictor(window: torch.Tensor) -> torch.Tensor:
-        with autocast_context(dev, amp):
-            logits = model(window).logits
-        return torch.softmax(logits.float(), dim=1)
-
-    flips = list(_flips(source.spatial_dims, tta))
-    total = None
-    for i, dims in enumerate(flips):
-        inputs = torch.flip(image, dims) if dims else image
-        probs = sliding_window_inference(
-            inputs, roi, batch_size, predictor, overlap=overlap, mode="gaussian", sw_device=dev, device=dev
-        )
-        if dims:
-            probs = torch.flip(probs, dims)
-        total = probs if total is None else total + probs
-        if progress is not None:
-            progress((i + 1) / len(flips))
-    assert total is not None
-    total = total[0] / len(flips)
-    crop = tuple(slice(s.start - r.start, s.stop - r.start) for s, r in zip(region, read_region, strict=True))
-    return total[(slice(None), *crop)].float().cpu().numpy()
+    return predict_grid(
+        model,
+        source,
+        region,
+        roi_size=roi_size,
+        overlap=overlap,
+        batch_size=batch_size,
+        device=device,
+        amp=amp,
+        tta=tta,
+    )
 
 
 @torch.no_grad()

@@ -58,10 +58,9 @@ def predict_blocks(
     class_values: Sequence[int],
     *,
     block_shape: Sequence[int] | None = None,
-    halo: int = 32,
     device: str = "auto",
 ) -> Iterator[BlockPrediction]:
-    """Predict the whole image block by block (sliding windows inside each block, with a halo).
+    """Predict the whole image block by block (windows on the image's grid: no seams).
 
     Parameters
     ----------
@@ -71,8 +70,6 @@ def predict_blocks(
         The class value of each network output.
     block_shape : tuple of int, optional
         Default :func:`default_block_shape`.
-    halo : int
-        Voxels of context read around each block.
     device : str
         ``auto``, ``cpu`` or ``cuda``.
 
@@ -84,7 +81,7 @@ def predict_blocks(
     shape = source.spatial_shape
     blocks = list(block_regions(shape, block_shape or default_block_shape(shape)))
     for done, region in enumerate(blocks, start=1):
-        probabilities = predict_probabilities(model, source, region=region, halo=halo, device=device)
+        probabilities = predict_probabilities(model, source, region=region, device=device)
         yield BlockPrediction(
             region=region,
             labels=probabilities_to_labels(probabilities, class_values),
