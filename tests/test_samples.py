@@ -168,7 +168,6 @@ def test_main_rejects_unknown_samples(capsys):
 
 
 @pytest.mark.gui
-@pytest.mark.skipif(not os.environ.get("DISPLAY"), reason="needs a display (run under Xvfb)")
 def test_sample_opens_in_a_viewer_on_a_scribbled_slice(make_napari_viewer):
     from scribbleseg.napari.__main__ import add_sample_layers
 

@@ -56,6 +56,7 @@ from scribbleseg.core.inference import (
 from scribbleseg.core.models import DOWNSAMPLING, ScribbleNet
 from scribbleseg.core.volume import ImageSource, region_bounds
 from scribbleseg.errors import ConfigError, InputError, ScribbleSegError
+from scribbleseg.io.zarr import ATTRIBUTES_KEY
 
 __all__ = [
     "ATTRIBUTES_KEY",
@@ -75,8 +76,6 @@ __all__ = [
     "run_block",
 ]
 
-#: Key of our metadata in the attributes of the arrays written here.
-ATTRIBUTES_KEY = "scribbleseg"
 
 #: Folder (inside the labels store) holding one marker file per finished block.
 _DONE_FOLDER = pathlib.PurePosixPath(".scribbleseg", "done")
@@ -675,22 +674,12 @@ def _create_array(
     axes: str,
     attributes: dict[str, Any],
 ) -> None:
-    import zarr
+    from scribbleseg.io.zarr import create_array
 
     with _writing(path):
         if path.exists():
             shutil.rmtree(path)
-        zarr.create_array(
-            store=str(path),
-            shape=shape,
-            chunks=chunks,
-            dtype=dtype,
-            fill_value=0,
-            zarr_format=3,
-            dimension_names=tuple(a.lower() for a in axes),
-            attributes={ATTRIBUTES_KEY: attributes},
-            overwrite=True,
-        )
+        create_array(path, shape=shape, chunks=chunks, dtype=dtype, axes=axes, attributes=attributes)
 
 
 def prepare_prediction(

@@ -39,6 +39,7 @@ from scribbleseg.io.arrays import (
 
 __all__ = [
     "check_complete",
+    "create_array",
     "default_chunks",
     "is_complete",
     "is_ome_zarr",
@@ -327,6 +328,33 @@ def default_chunks(shape: tuple[int, ...], axes: str) -> tuple[int, ...]:
     return tuple(max(1, min(int(size), limits[a])) for size, a in zip(shape, axes, strict=True))
 
 
+def create_array(
+    path: str | os.PathLike[str],
+    *,
+    shape: tuple[int, ...],
+    chunks: tuple[int, ...],
+    dtype: Any,
+    axes: str,
+    attributes: Mapping[str, Any],
+) -> zarr.Array:
+    """Create (or replace) an empty zarr v3 array with our axes and attributes.
+
+    ``attributes`` go under ``attributes["scribbleseg"]``; the axes become the
+    array's ``dimension_names``. Unwritten chunks read as 0.
+    """
+    return zarr.create_array(
+        store=str(path),
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        fill_value=0,
+        zarr_format=3,
+        dimension_names=tuple(a.lower() for a in axes),
+        attributes={ATTRIBUTES_KEY: dict(attributes)},
+        overwrite=True,
+    )
+
+
 def write_zarr(
     path: str | os.PathLike[str],
     array: Any,
@@ -390,16 +418,8 @@ def write_zarr(
         attributes["spacing"] = list(spacing)
 
     with atomic_output(path, folder=True) as temporary:
-        target = zarr.create_array(
-            store=str(temporary),
-            shape=shape,
-            chunks=chunks,
-            dtype=dtype,
-            fill_value=0,
-            zarr_format=3,
-            dimension_names=tuple(a.lower() for a in axes),
-            attributes={ATTRIBUTES_KEY: attributes},
-            overwrite=True,
+        target = create_array(
+            temporary, shape=shape, chunks=chunks, dtype=dtype, axes=axes, attributes=attributes
         )
         if is_lazy_array(data):
             # Chunk-aligned blocks: no two dask tasks write the same zarr chunk.
