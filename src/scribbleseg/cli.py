@@ -169,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_image_options(predict)
     predict.add_argument("--tta", action="store_true", help="average over flipped copies (slower)")
     predict.add_argument(
+        "--float32",
+        action="store_true",
+        help="compute in float32 (default: bf16/fp16 mixed precision where the GPU or CPU has it natively)",
+    )
+    predict.add_argument(
         "--scheduler",
         metavar="ADDRESS",
         help="run the blocks on a dask.distributed cluster: tcp://host:8786, or local:N for N local "
@@ -411,6 +416,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         "probabilities_dtype": args.probabilities_dtype,
         "block_shape": args.block_size,
         "tta": args.tta,
+        "amp": not args.float32,
         "progress": report,
     }
     if args.scheduler:

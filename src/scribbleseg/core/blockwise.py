@@ -50,6 +50,7 @@ from scribbleseg import __version__
 from scribbleseg.core.inference import (
     autocast_context,
     default_roi_size,
+    prepare_input,
     probabilities_to_labels,
     resolve_device,
 )
@@ -319,7 +320,7 @@ def predict_grid(
         Windows per forward pass; default 4 on CUDA, 1 on CPU.
     device : str or torch.device
     amp : bool
-        Mixed precision on CUDA.
+        Mixed precision: on CUDA, and bf16 on CPUs with native bf16 (see :func:`amp_dtype`).
     tta : bool
         Average each window over flips along every spatial axis.
 
@@ -395,8 +396,8 @@ def _forward(
     for dims in flips:
         inputs = torch.flip(windows, dims) if dims else windows
         with autocast_context(dev, amp):
-            logits = model(inputs).logits
-        probabilities = torch.softmax(logits.float(), dim=1)
+            logits = model(prepare_input(inputs)).logits
+        probabilities = torch.softmax(logits.float(), dim=1).contiguous()
         if dims:
             probabilities = torch.flip(probabilities, dims)
         total = probabilities if total is None else total + probabilities

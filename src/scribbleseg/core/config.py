@@ -223,7 +223,8 @@ class TrainConfig(_DictMixin):
     device : {"auto", "cpu", "cuda"}
         ``auto`` takes CUDA when available.
     amp : bool
-        Mixed precision on CUDA (bf16 where supported, else fp16).
+        Mixed-precision training on CUDA (bf16 where supported, else fp16). On CPU, training
+        stays float32; previews use bf16 on CPUs with native bf16.
     num_threads : int, optional
         CPU threads for torch (process-wide); default: torch's own (all cores). The napari widget
         passes ``cores - 1`` so the viewer keeps a core.
