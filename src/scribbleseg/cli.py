@@ -343,6 +343,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
     _say(f"device {trainer.device}, patch {trainer.patch_size}, batch {trainer.batch_size}")
     last_print = time.perf_counter()
     for update in trainer.run():
+        if update.message:
+            _say(update.message)
         if not args.quiet:
             last_print = _print_progress(update, last_print)
     path = save_model(args.output, trainer.model, trainer.metadata())

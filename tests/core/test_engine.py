@@ -16,6 +16,7 @@ from scribbleseg.core.engine import Trainer
 from scribbleseg.core.inference import predict_probabilities, probabilities_to_labels
 from scribbleseg.core.metrics import dice_iou
 from scribbleseg.core.volume import ImageSource
+from scribbleseg.errors import ScribbleSegError
 
 FAST_LOSS = LossConfig(warmup_steps=1, dynamic_start_step=2, contrastive_samples=256, **REGULARIZED_WEIGHTS)
 
@@ -155,3 +156,73 @@ def test_nan_image_trains_with_a_warning(blobs2d):
     assert np.isfinite(updates[-1].loss)
     probabilities = predict_probabilities(trainer.model, trainer.source, device="cpu")
     assert np.all(np.isfinite(probabilities))
+
+
+def _run_out_of_memory_above(trainer: Trainer, max_elements: int) -> None:
+    """Fault injection: the network raises torch's out-of-memory error for inputs above a size.
+
+    A real allocator failure cannot be provoked reliably on a CI machine, so the
+    network's ``forward`` raises the same exception class the CUDA allocator raises.
+    """
+    forward = trainer.model.forward
+
+    def forward_with_limited_memory(image, *args, **kwargs):
+        if image.numel() > max_elements:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {image.numel() * 64} bytes")
+        return forward(image, *args, **kwargs)
+
+    trainer.model.forward = forward_with_limited_memory
+
+
+def test_out_of_memory_retries_smaller_then_falls_back_to_cpu(blobs2d):
+    image, scribbles, _ = blobs2d
+    trainer = _trainer(image, scribbles, steps=3, batch_size=4, patch_size=(64, 64))
+    _run_out_of_memory_above(trainer, max_elements=32 * 32)  # one 32x32 patch fits, nothing more
+    updates = list(trainer.run())
+    messages = [u.message for u in updates if u.message]
+    assert messages == [
+        "out of memory: training continues with batch size 2 (was 4)",
+        "out of memory: training continues with batch size 1 (was 2)",
+        "out of memory: training continues with patch (32, 32) (was (64, 64))",
+    ]
+    assert (trainer.batch_size, trainer.patch_size) == (1, (32, 32))
+    assert updates[-1].done and updates[-1].reason == "steps" and trainer.step == 3
+    assert all(np.isfinite(u.loss) for u in updates if u.step > 0)
+
+    # On the CPU with nothing left to shrink, the run ends with a clear error.
+    trainer = _trainer(image, scribbles, steps=3, batch_size=1, patch_size=(32, 32))
+    _run_out_of_memory_above(trainer, max_elements=0)
+    with pytest.raises(ScribbleSegError, match="out of memory on the CPU even with batch 1 and patch"):
+        list(trainer.run())
+    assert trainer.step == 0
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_out_of_memory_on_the_gpu_continues_on_the_cpu(blobs2d):
+    image, scribbles, _ = blobs2d
+    trainer = _trainer(image, scribbles, steps=3, batch_size=2, patch_size=(64, 64), device="cuda")
+    forward = trainer.model.forward
+
+    def forward_without_gpu_memory(x, *args, **kwargs):
+        if x.is_cuda:
+            raise torch.OutOfMemoryError("CUDA out of memory")
+        return forward(x, *args, **kwargs)
+
+    trainer.model.forward = forward_without_gpu_memory
+    updates = list(trainer.run())
+    assert any("training continues on the CPU" in (u.message or "") for u in updates)
+    assert trainer.device.type == "cpu" and next(trainer.model.parameters()).device.type == "cpu"
+    assert (trainer.batch_size, trainer.patch_size) == (2, (64, 64))  # the CPU starts from the first size
+    assert trainer.step == 3 and updates[-1].done
+
+
+def test_out_of_memory_in_a_preview_skips_it(blobs2d):
+    image, scribbles, _ = blobs2d
+    trainer = _trainer(image, scribbles, steps=2, patch_size=(32, 32))
+    trainer.set_preview_region((slice(0, 64), slice(0, 64)))
+    _run_out_of_memory_above(trainer, max_elements=2 * 32 * 32)  # training fits, the 96x96 preview not
+    updates = list(trainer.run())
+    assert trainer.step == 2 and updates[-1].done
+    assert all(u.preview is None for u in updates)
+    assert "out of memory while drawing the preview" in (updates[0].message or "")

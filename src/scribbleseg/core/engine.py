@@ -47,10 +47,10 @@ from scribbleseg.core.losses import (
     spatial_kernel_sum,
     supervised_contrastive_loss,
 )
-from scribbleseg.core.models import ScribbleNet, build_model
+from scribbleseg.core.models import DOWNSAMPLING, ScribbleNet, build_model
 from scribbleseg.core.sampling import PatchSampler
 from scribbleseg.core.volume import ImageSource
-from scribbleseg.errors import ConfigError
+from scribbleseg.errors import ConfigError, ScribbleSegError
 
 if TYPE_CHECKING:
     from scribbleseg.io.checkpoint import ModelMetadata
@@ -102,6 +102,9 @@ class TrainUpdate:
         True on the last record of a run.
     reason : {"steps", "time", "stopped"} or None
         Why the run ended (only when ``done``).
+    message : str or None
+        Something the user should be told, e.g. that training ran out of memory
+        and continues with a smaller patch or on the CPU.
     """
 
     step: int
@@ -112,6 +115,11 @@ class TrainUpdate:
     preview: Preview | None = None
     done: bool = False
     reason: StopReason | None = None
+    message: str | None = None
+
+
+#: Smallest patch edge the out-of-memory recovery shrinks to (two U-Net levels of context).
+_MIN_OOM_PATCH = 32
 
 
 @dataclass
@@ -186,6 +194,7 @@ class Trainer:
             raise ConfigError(f"patch_size {patch} has {len(patch)} axes but the image has {spatial_dims}")
         self.patch_size = tuple(patch)
         self.batch_size = train.batch_size or (4 if spatial_dims == 2 else 2)
+        self._initial_patch, self._initial_batch = self.patch_size, self.batch_size
         self.sampler = PatchSampler(
             source,
             target,
@@ -273,13 +282,30 @@ class Trainer:
                 reason = "time"
                 break
             self._apply_pending_labels()
-            loss_value, terms = self._train_step()
+            try:
+                loss_value, terms = self._train_step()
+            except torch.OutOfMemoryError:
+                message = self._recover_from_out_of_memory()
+                yield TrainUpdate(
+                    step=self.step,
+                    elapsed=clock.elapsed(),
+                    loss=loss_value,
+                    terms=terms,
+                    labelled_voxels=self.labelled_voxels,
+                    message=message,
+                )
+                continue
             self.step += 1
             steps_this_run += 1
             preview = None
+            message = None
             if not self._stop.is_set() and self._want_preview(clock.elapsed() - last_preview):
-                preview = self.preview()
                 last_preview = clock.elapsed()
+                try:
+                    preview = self.preview()
+                except torch.OutOfMemoryError:
+                    self._release_memory()
+                    message = "out of memory while drawing the preview: it is skipped this time"
             yield TrainUpdate(
                 step=self.step,
                 elapsed=clock.elapsed(),
@@ -287,9 +313,15 @@ class Trainer:
                 terms=terms,
                 labelled_voxels=self.labelled_voxels,
                 preview=preview,
+                message=message,
             )
+        message = None
         if steps_this_run:
-            self.recalibrate_batch_norm()
+            try:
+                self.recalibrate_batch_norm()
+            except torch.OutOfMemoryError:
+                self._release_memory()
+                message = "out of memory while re-estimating batch-norm statistics: kept the running ones"
         self.seconds += clock.elapsed()
         self.model.eval()
         yield TrainUpdate(
@@ -300,7 +332,61 @@ class Trainer:
             labelled_voxels=self.labelled_voxels,
             done=True,
             reason=reason,
+            message=message,
         )
+
+    # ------------------------------------------------------------ out of memory
+    def _release_memory(self) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+    def _recover_from_out_of_memory(self) -> str:
+        """Shrink the batch, then the patch, then move to the CPU; return what was done.
+
+        Raises
+        ------
+        ScribbleSegError
+            If a step does not fit even with batch 1 and the smallest patch on the CPU.
+        """
+        self._release_memory()
+        batch, patch = self.batch_size, self.patch_size
+        if batch > 1:
+            self._resize(patch, batch // 2)
+            return f"out of memory: training continues with batch size {self.batch_size} (was {batch})"
+        smaller = tuple(min(p, max(_MIN_OOM_PATCH, (p // 2) // DOWNSAMPLING * DOWNSAMPLING)) for p in patch)
+        if smaller != patch:
+            self._resize(smaller, batch)
+            return f"out of memory: training continues with patch {smaller} (was {patch})"
+        if self.device.type != "cpu":
+            was = self.device
+            self._move_to(torch.device("cpu"))
+            self._resize(self.train_config.patch_size or self._initial_patch, self._initial_batch)
+            return (
+                f"out of memory on {was} even with batch 1 and patch {patch}: "
+                f"training continues on the CPU (slower) with patch {self.patch_size}, "
+                f"batch {self.batch_size}"
+            )
+        raise ScribbleSegError(
+            f"out of memory on the CPU even with batch 1 and patch {patch}: close other programs, "
+            "or use a smaller network (size 'small')"
+        )
+
+    def _resize(self, patch: Sequence[int], batch: int) -> None:
+        self.patch_size = tuple(int(p) for p in patch)
+        self.batch_size = int(batch)
+        self.sampler.resize(patch_size=self.patch_size, batch_size=self.batch_size)
+
+    def _move_to(self, device: torch.device) -> None:
+        """Move the network and the optimizer state to ``device`` (e.g. the CPU after a GPU OOM)."""
+        self.model.to(device)
+        for state in self.optimizer.state.values():
+            for key, value in state.items():
+                if isinstance(value, torch.Tensor) and key != "step":
+                    state[key] = value.to(device)
+        self.device = device
+        self._amp_dtype = amp_dtype(device, self.train_config.amp) if device.type == "cuda" else None
+        self._scaler = torch.amp.GradScaler("cuda", enabled=self._amp_dtype == torch.float16)
 
     def _apply_pending_labels(self) -> None:
         while True:

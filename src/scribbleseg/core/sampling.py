@@ -9,6 +9,7 @@ so this works unchanged on zarr / dask images larger than memory.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -82,8 +83,20 @@ class PatchSampler:
         self.label_probability = float(label_probability)
         self.rng = rng
         self.augment = augment
-        spacing = source.spacing
-        self._can_rotate = patch_size[-1] == patch_size[-2] and spacing[-1] == spacing[-2]
+        self._set_rotation()
+
+    def _set_rotation(self) -> None:
+        spacing = self.source.spacing
+        patch = self.patch_size
+        self._can_rotate = patch[-1] == patch[-2] and spacing[-1] == spacing[-2]
+
+    def resize(self, *, patch_size: Sequence[int], batch_size: int) -> None:
+        """Draw later batches with another patch and batch size (e.g. after running out of memory)."""
+        if len(patch_size) != self.source.spatial_dims or batch_size < 1:
+            raise ValueError(f"invalid patch_size {tuple(patch_size)} or batch_size {batch_size}")
+        self.patch_size = tuple(int(p) for p in patch_size)
+        self.batch_size = int(batch_size)
+        self._set_rotation()
 
     def _centre(self) -> np.ndarray:
         shape = np.asarray(self.source.spatial_shape)

@@ -291,6 +291,8 @@ class TrainingController(QObject):
         update = shown.update
         self.last_update = update
         self.panel.show_update(update)
+        if update.message:
+            show_warning(f"ScribbleSeg: {update.message}")
         preview = update.preview
         if preview is not None and self.outputs.write(preview.region, preview.labels, shown.uncertainty):
             self.preview_written.emit(preview.step)
