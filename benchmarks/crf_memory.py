@@ -92,11 +92,11 @@ def _run_worker(
     batch, _, *spatial = shape
     logits = torch.randn(shape, generator=generator).to(device).requires_grad_(True)
     image = torch.randn((batch, 1, *spatial), generator=generator).to(device)
-    kwargs: dict[str, Any] = dict(
-        spacing=SPACING,
+    kwargs: dict[str, Any] = dict(  # a 2D shape takes the (y, x) entries
+        spacing=SPACING[-len(spatial) :],
         sigma_spatial=SIGMA_SPATIAL,
         sigma_intensity=SIGMA_INTENSITY,
-        window_radius=WINDOW_RADIUS,
+        window_radius=WINDOW_RADIUS[-len(spatial) :],
     )
     if features:
         kwargs["features"] = torch.randn((batch, FEATURE_CHANNELS, *spatial), generator=generator).to(device)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import threading
 import time
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from scribbleseg.core.annotations import labels_to_target
-from scribbleseg.core.config import REGULARIZED_WEIGHTS, LossConfig, TrainConfig
+from scribbleseg.core.config import REGULARIZED_WEIGHTS, LossConfig, TrainConfig, crf_grid, crf_window_radius
 from scribbleseg.core.engine import Trainer
 from scribbleseg.core.inference import predict_probabilities, probabilities_to_labels
 from scribbleseg.core.metrics import dice_iou
@@ -226,3 +227,31 @@ def test_out_of_memory_in_a_preview_skips_it(blobs2d):
     assert trainer.step == 2 and updates[-1].done
     assert all(u.preview is None for u in updates)
     assert "out of memory while drawing the preview" in (updates[0].message or "")
+
+
+@pytest.mark.parametrize(
+    ("spacing", "factors", "pooled", "radius"),
+    [
+        ((1.0, 1.0), (2, 2), (2.0, 2.0), (2, 2)),  # isotropic: every axis, window keeps its extent
+        ((2.0, 1.0, 1.0), (1, 2, 2), (2.0, 2.0, 2.0), (2, 2, 2)),  # thick slices: in-plane only
+        ((5.0, 1.0, 1.0), (1, 2, 2), (5.0, 2.0, 2.0), (1, 2, 2)),
+    ],
+)
+def test_crf_grid_pools_where_it_keeps_the_physical_window(spacing, factors, pooled, radius):
+    assert crf_grid(3, spacing, 2) == (factors, pooled, radius)
+    assert crf_grid(3, spacing, 1) == ((1,) * len(spacing), spacing, crf_window_radius(3, spacing))
+
+
+def test_crf_terms_run_on_the_pooled_grid(blobs2d):
+    image, scribbles, _ = blobs2d
+    source = ImageSource(image)
+    target = labels_to_target(scribbles)
+    terms = {}
+    for downsample in (1, 2):
+        loss = replace(FAST_LOSS, crf_downsample=downsample, warmup_steps=0, dynamic_start_step=0)
+        trainer = Trainer(source, target, loss_config=loss, train_config=TrainConfig(steps=1, device="cpu"))
+        assert trainer._crf_factors == (downsample, downsample)
+        update = next(trainer.run())
+        terms[downsample] = update.terms
+    for name in ("crf", "dynamic_crf"):
+        assert 0 < terms[2][name] < 1 and 0 < terms[1][name] < 1

@@ -22,6 +22,7 @@ __all__ = [
     "LossConfig",
     "ModelConfig",
     "TrainConfig",
+    "crf_grid",
     "crf_window_radius",
     "default_patch_size",
 ]
@@ -157,6 +158,12 @@ class LossConfig(_DictMixin):
         Feature kernel width on L2-normalised decoder features (dynamic CRF).
     crf_window_radius : int
         Window radius along the finest axis; other axes scale with the spacing.
+    crf_downsample : int
+        The CRF terms are computed on a grid coarser by this factor (average-pooled
+        probabilities, image, features), along every axis whose spacing then stays no coarser
+        than the coarsest axis (in-plane only for thick slices); the window radius keeps its
+        physical extent. 1 = full resolution. Like the 0.5 scale of the rloss DenseCRF loss, it
+        makes the regularizers several times cheaper (``benchmarks/speed.py``).
     warmup_steps : int
         Regularizers are off before this step and ramp in linearly over the
         next ``warmup_steps`` steps.
@@ -178,6 +185,7 @@ class LossConfig(_DictMixin):
     crf_sigma_intensity: float = 0.15
     crf_sigma_features: float = 0.5
     crf_window_radius: int = 3
+    crf_downsample: int = 2
     warmup_steps: int = 20
     dynamic_start_step: int = 60
 
@@ -190,6 +198,7 @@ class LossConfig(_DictMixin):
             _check(math.isfinite(value) and value > 0, f"{name} must be a finite number > 0, got {value}")
         _check(int(self.contrastive_samples) >= 2, "contrastive_samples must be at least 2")
         _check(1 <= int(self.crf_window_radius) <= 15, "crf_window_radius must be in [1, 15]")
+        _check(1 <= int(self.crf_downsample) <= 4, "crf_downsample must be in [1, 4]")
         _check(int(self.warmup_steps) >= 0, "warmup_steps must be >= 0")
         _check(int(self.dynamic_start_step) >= 0, "dynamic_start_step must be >= 0")
 
@@ -311,6 +320,34 @@ def default_patch_size(spatial_shape: tuple[int, ...], spacing: tuple[float, ...
         covering = max(16, math.ceil(size / 16) * 16)
         patch.append(min(voxels, covering))
     return tuple(patch)
+
+
+def crf_grid(
+    radius: int, spacing: tuple[float, ...], downsample: int
+) -> tuple[tuple[int, ...], tuple[float, ...], tuple[int, ...]]:
+    """Pooling factors, spacing and window radius of the (coarser) grid the CRF terms use.
+
+    An axis is pooled by ``downsample`` when its pooled spacing stays no coarser than the
+    coarsest axis (or than the pooled finest axis): isotropic data is pooled along every axis,
+    thick slices only in-plane. The window keeps the physical extent of ``radius`` voxels along
+    the original finest axis.
+
+    Returns
+    -------
+    factors : tuple of int
+        Pooling factor per axis.
+    spacing : tuple of float
+        Spacing of the pooled grid.
+    radius : tuple of int
+        Window radius per axis on the pooled grid.
+    """
+    finest, coarsest = min(spacing), max(spacing)
+    limit = max(coarsest, finest * downsample) + 1e-9
+    factors = tuple(downsample if s * downsample <= limit else 1 for s in spacing)
+    pooled = tuple(s * f for s, f in zip(spacing, factors, strict=True))
+    extent = radius * finest
+    pooled_radius = max(1, math.ceil(extent / min(pooled) - 1e-9))
+    return factors, pooled, crf_window_radius(pooled_radius, pooled)
 
 
 def crf_window_radius(radius: int, spacing: tuple[float, ...]) -> tuple[int, ...]:

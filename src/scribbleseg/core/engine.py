@@ -30,7 +30,7 @@ from scribbleseg.core.config import (
     LossConfig,
     ModelConfig,
     TrainConfig,
-    crf_window_radius,
+    crf_grid,
     default_patch_size,
 )
 from scribbleseg.core.inference import (
@@ -213,15 +213,17 @@ class Trainer:
         self._scaler = torch.amp.GradScaler("cuda", enabled=self._amp_dtype == torch.float16)
 
         spacing = tuple(float(s) for s in source.spacing)
-        self._crf_spacing = spacing
-        self._crf_radius = crf_window_radius(self.loss_config.crf_window_radius, spacing)
+        # The CRF terms run on a coarser grid (LossConfig.crf_downsample; see config.crf_grid).
+        self._crf_factors, self._crf_spacing, self._crf_radius = crf_grid(
+            self.loss_config.crf_window_radius, spacing, self.loss_config.crf_downsample
+        )
         self._crf_sigma_spatial = self.loss_config.crf_sigma_spatial * min(spacing)
         # Preview context: 15 voxels along the finest axis, fewer along coarse ones (a z-slice of
         # a thick-slice volume then needs 16 slices read, not 48).
         self._preview_halo = tuple(int(15 * min(spacing) / s) for s in spacing)
         # CRF terms are reported per unit of the window's spatial kernel (see LossConfig).
         self._crf_scale = 1.0 / spatial_kernel_sum(
-            spacing=spacing, sigma_spatial=self._crf_sigma_spatial, window_radius=self._crf_radius
+            spacing=self._crf_spacing, sigma_spatial=self._crf_sigma_spatial, window_radius=self._crf_radius
         )
 
         self.step = 0
@@ -484,22 +486,23 @@ class Trainer:
             )
             total = total + cfg.contrastive_weight * terms["contrastive"]
         if want_crf or want_dynamic:
-            probs = torch.softmax(logits, dim=1)
+            probs = self._pool(torch.softmax(logits, dim=1))
+            crf_image = self._pool(image)
             kernel = dict(
                 spacing=self._crf_spacing,
                 sigma_spatial=self._crf_sigma_spatial,
                 sigma_intensity=cfg.crf_sigma_intensity,
                 window_radius=self._crf_radius,
-                mask=valid,
+                mask=self._pool(valid[:, None].float())[:, 0] > 0.999,  # only wholly valid cells
             )
             if want_crf:
-                terms["crf"] = self._crf_scale * crf_loss(probs, image, **kernel)
+                terms["crf"] = self._crf_scale * crf_loss(probs, crf_image, **kernel)
                 total = total + ramp * cfg.crf_weight * terms["crf"]
             if want_dynamic:
                 terms["dynamic_crf"] = self._crf_scale * crf_loss(
                     probs,
-                    image,
-                    features=out.features.detach().float(),
+                    crf_image,
+                    features=self._pool(out.features.detach().float()),
                     sigma_features=cfg.crf_sigma_features,
                     **kernel,
                 )
@@ -511,6 +514,13 @@ class Trainer:
         self._scaler.update()
         values = {name: float(value.detach()) for name, value in terms.items()}
         return float(total.detach()), MappingProxyType(values)
+
+    def _pool(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Average-pool (B, C, *S) onto the CRF grid (a no-op at factor 1)."""
+        if all(f == 1 for f in self._crf_factors):
+            return tensor
+        pool = torch.nn.functional.avg_pool2d if tensor.ndim == 4 else torch.nn.functional.avg_pool3d
+        return pool(tensor, kernel_size=self._crf_factors, stride=self._crf_factors)
 
     # ------------------------------------------------------------------ model
     def _warm_start(self, init_model: ScribbleNet) -> None:
