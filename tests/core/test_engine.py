@@ -15,6 +15,7 @@ from scribbleseg.core.annotations import labels_to_target
 from scribbleseg.core.config import REGULARIZED_WEIGHTS, LossConfig, TrainConfig, crf_grid, crf_window_radius
 from scribbleseg.core.engine import Trainer
 from scribbleseg.core.inference import predict_probabilities, probabilities_to_labels
+from scribbleseg.core.losses import IGNORE_INDEX
 from scribbleseg.core.metrics import dice_iou
 from scribbleseg.core.volume import ImageSource
 from scribbleseg.errors import ScribbleSegError
@@ -255,3 +256,25 @@ def test_crf_terms_run_on_the_pooled_grid(blobs2d):
         terms[downsample] = update.terms
     for name in ("crf", "dynamic_crf"):
         assert 0 < terms[2][name] < 1 and 0 < terms[1][name] < 1
+
+
+def test_sampled_embeddings_equal_the_full_patch_projection(blobs2d):
+    image, scribbles, _ = blobs2d
+    trainer = _trainer(image, scribbles, steps=1)
+    batch = trainer.sampler.sample()
+    target = torch.from_numpy(batch.target)
+    trainer.model.eval()
+    with torch.no_grad():
+        out = trainer.model(torch.from_numpy(batch.image), with_embedding=True)
+        embedding, sampled = trainer._sampled_embeddings(
+            out.features, target, torch.Generator().manual_seed(0)
+        )
+    full = out.embedding.flatten(2)
+    for item in range(target.shape[0]):
+        labelled = sampled[item] != IGNORE_INDEX
+        assert labelled.sum() > 10
+        # every sampled embedding is the full projection at a labelled voxel of the same class
+        for vector, cls in zip(embedding[item][:, labelled].t(), sampled[item][labelled], strict=True):
+            matches = torch.isclose(full[item].t(), vector, atol=1e-5).all(1)
+            assert matches.any()
+            assert set(target[item].flatten()[matches].tolist()) == {int(cls)}

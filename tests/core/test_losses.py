@@ -18,7 +18,7 @@ from scribbleseg.core.losses import (
     partial_dice_loss,
     supervised_contrastive_loss,
 )
-from scribbleseg.core.losses.contrastive import _balanced_sample
+from scribbleseg.core.losses.contrastive import balanced_sample
 
 # ----------------------------------------------------------------------------------------------
 # helpers
@@ -170,16 +170,16 @@ def test_contrastive_is_lower_for_class_clustered_embeddings(seed):
     assert loss(clustered) < loss(shuffled)
 
 
-def test_balanced_sample_takes_an_equal_share_per_class():
+def testbalanced_sample_takes_an_equal_share_per_class():
     classes = torch.cat([torch.zeros(50), torch.ones(3), torch.full((40,), 2)]).long()
     classes = classes[torch.randperm(len(classes), generator=torch.Generator().manual_seed(5))]
-    positions, sampled_classes = _balanced_sample(classes, 12, torch.Generator().manual_seed(6))
+    positions, sampled_classes = balanced_sample(classes, 12, torch.Generator().manual_seed(6))
     assert torch.equal(torch.bincount(sampled_classes), torch.tensor([4, 3, 4]))
     assert torch.equal(classes[positions], sampled_classes)
     assert len(positions.unique()) == len(positions)
-    again, _ = _balanced_sample(classes, 12, torch.Generator().manual_seed(6))
+    again, _ = balanced_sample(classes, 12, torch.Generator().manual_seed(6))
     assert torch.equal(positions, again)
-    assert _balanced_sample(torch.zeros(10, dtype=torch.long), 12, None) is None
+    assert balanced_sample(torch.zeros(10, dtype=torch.long), 12, None) is None
 
 
 def test_contrastive_under_autocast_computes_in_float32():

@@ -43,6 +43,9 @@ _NO_LABELS_MESSAGE = "no labelled voxels: paint at least one stroke per class (0
 #: Bucket shape of a LabelledVoxelIndex over an unchunked (numpy) array.
 _DEFAULT_BUCKET = {2: (256, 256), 3: (64, 64, 64)}
 
+#: Largest class value: class values are handled as int64.
+_MAX_CLASS_VALUE = int(np.iinfo(np.int64).max)
+
 
 def _format_values(values: Iterable[Any], limit: int = 5) -> str:
     values = list(values)
@@ -87,6 +90,10 @@ class ClassMap:
             raise AnnotationError("a class map needs at least one class value")
         if min(values) < 1:
             raise AnnotationError(f"class values must be >= 1 ({_LABELS_MEANING}), got {values}")
+        if max(values) > _MAX_CLASS_VALUE:
+            raise AnnotationError(
+                f"class values must be at most {_MAX_CLASS_VALUE}, got {_format_values([max(values)])}"
+            )
         if list(values) != sorted(set(values)):
             raise AnnotationError(f"class values must be sorted and unique, got {values}")
         names = tuple(str(n) for n in self.names) if self.names else tuple(f"class {v}" for v in values)
@@ -238,6 +245,8 @@ def _load(array: Any) -> np.ndarray:
 def _integral_array(array: np.ndarray, what: str) -> np.ndarray:
     """Return ``array`` with an integer dtype, or raise if it does not hold integers."""
     kind = array.dtype.kind
+    if kind == "u" and array.dtype.itemsize == 8 and array.size and int(array.max()) > _MAX_CLASS_VALUE:
+        raise AnnotationError(f"{what} hold values too large for a class, like {int(array.max())}")
     if kind in "iu":
         return array
     if kind == "b":
@@ -253,10 +262,12 @@ def _integral_array(array: np.ndarray, what: str) -> np.ndarray:
         if array.size == 0:
             return array.astype(np.uint8)
         low, high = float(array.min()), float(array.max())
+        # float(_MAX_CLASS_VALUE) rounds up to 2**63, which int64 cannot hold: compare with >=
+        for extreme in (low, high):
+            if abs(extreme) >= float(_MAX_CLASS_VALUE):
+                raise AnnotationError(f"{what} hold values too large for a class, like {extreme:g}")
         if low < 0:
             return array.astype(np.int64)
-        if high > np.iinfo(np.uint64).max:
-            raise AnnotationError(f"{what} hold values too large for a class, like {high:g}")
         return array.astype(np.min_scalar_type(int(high)))
     raise AnnotationError(f"{what} must be integers ({_LABELS_MEANING}); got dtype {array.dtype}")
 
@@ -281,7 +292,8 @@ def check_labels(labels: Any, *, spatial_shape: Sequence[int]) -> np.ndarray:
     Raises
     ------
     InputError
-        If the shape differs from ``spatial_shape`` (checked before loading).
+        If the shape differs from ``spatial_shape`` (checked before loading) or
+        is not 2D or 3D.
     AnnotationError
         If the values are not integers (non-integral floats, NaN, other
         dtypes) or some are negative.
@@ -295,6 +307,8 @@ def check_labels(labels: Any, *, spatial_shape: Sequence[int]) -> np.ndarray:
             f"labels have shape {shape} but the image's spatial shape is {spatial_shape}; "
             "labels must cover the image voxel for voxel, without a channel axis"
         )
+    if len(shape) not in (2, 3):
+        raise InputError(f"labels of shape {shape} are {len(shape)}D; expected 2D (Y, X) or 3D (Z, Y, X)")
     dtype = np.dtype(getattr(labels, "dtype", np.float64))
     if dtype.kind not in "biuf":
         raise AnnotationError(f"labels must be integers ({_LABELS_MEANING}); got dtype {dtype}")
@@ -349,7 +363,15 @@ def points_to_labels(
     radius = float(radius)
     if not (math.isfinite(radius) and radius > 0):
         raise AnnotationError(f"point radius must be a finite number > 0, got {radius}")
-    coordinates = np.asarray(points, dtype=np.float64)
+    try:
+        given = np.asarray(points)
+        if given.dtype.kind not in "biufO":  # strings, complex numbers, dates …
+            raise TypeError
+        coordinates = given.astype(np.float64)
+    except (TypeError, ValueError):
+        raise AnnotationError(
+            f"points must be an (N, {ndim}) array of numbers (voxel coordinates), got {points!r:.80}"
+        ) from None
     if coordinates.size == 0:
         coordinates = coordinates.reshape(0, ndim)
     if coordinates.ndim != 2 or coordinates.shape[1] != ndim:

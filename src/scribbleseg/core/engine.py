@@ -41,6 +41,8 @@ from scribbleseg.core.inference import (
     resolve_device,
 )
 from scribbleseg.core.losses import (
+    IGNORE_INDEX,
+    balanced_sample,
     crf_loss,
     partial_cross_entropy,
     partial_dice_loss,
@@ -468,7 +470,7 @@ class Trainer:
         want_contrastive = cfg.contrastive_weight > 0
 
         with autocast_context(self.device, self._amp_dtype is not None):
-            out = self.model(image, with_embedding=want_contrastive)
+            out = self.model(image)
         logits = out.logits.float()
         terms: dict[str, torch.Tensor] = {"pce": partial_cross_entropy(logits, target)}
         total = terms["pce"]
@@ -476,13 +478,15 @@ class Trainer:
             terms["dice"] = partial_dice_loss(logits, target)
             total = total + cfg.dice_weight * terms["dice"]
         if want_contrastive:
-            assert out.embedding is not None
+            # The projection head runs only on the sampled labelled voxels, not on the whole patch.
+            generator = self._generator if self.device.type == "cpu" else None
+            embedding, sampled_target = self._sampled_embeddings(out.features, target, generator)
             terms["contrastive"] = supervised_contrastive_loss(
-                out.embedding.float(),
-                target,
+                embedding.float(),
+                sampled_target,
                 temperature=cfg.temperature,
                 max_samples=cfg.contrastive_samples,
-                generator=self._generator if self.device.type == "cpu" else None,
+                generator=generator,
             )
             total = total + cfg.contrastive_weight * terms["contrastive"]
         if want_crf or want_dynamic:
@@ -514,6 +518,41 @@ class Trainer:
         self._scaler.update()
         values = {name: float(value.detach()) for name, value in terms.items()}
         return float(total.detach()), MappingProxyType(values)
+
+    def _sampled_embeddings(
+        self, features: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Embeddings (B, E, n) and targets (B, n) of class-balanced samples of labelled voxels.
+
+        The same sample the contrastive loss would draw from full-patch embeddings; items with
+        fewer voxels are padded with ``IGNORE_INDEX`` targets.
+        """
+        batch = features.shape[0]
+        flat_target = target.flatten(1)
+        chosen: list[tuple[torch.Tensor, torch.Tensor]] = []
+        for item in range(batch):
+            labelled = (flat_target[item] != IGNORE_INDEX).nonzero().squeeze(1)
+            sample = None
+            if labelled.numel() >= 2:
+                sample = balanced_sample(
+                    flat_target[item, labelled], self.loss_config.contrastive_samples, generator
+                )
+            if sample is None:
+                empty = labelled[:0]
+                chosen.append((empty, empty))
+            else:
+                chosen.append((labelled[sample[0]], sample[1]))
+        n = max(1, max(len(positions) for positions, _ in chosen))
+        index = torch.zeros((batch, n), dtype=torch.long, device=features.device)
+        sampled_target = torch.full((batch, n), IGNORE_INDEX, dtype=target.dtype, device=target.device)
+        for item, (positions, classes) in enumerate(chosen):
+            index[item, : len(positions)] = positions
+            sampled_target[item, : len(classes)] = classes
+        flat = features.flatten(2)
+        vectors = torch.gather(flat, 2, index[:, None].expand(-1, flat.shape[1], -1))
+        with autocast_context(self.device, self._amp_dtype is not None):
+            embedding = self.model.embed(vectors)
+        return embedding, sampled_target
 
     def _pool(self, tensor: torch.Tensor) -> torch.Tensor:
         """Average-pool (B, C, *S) onto the CRF grid (a no-op at factor 1)."""

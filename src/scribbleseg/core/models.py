@@ -101,6 +101,23 @@ class ScribbleNet(nn.Module):
         embedding = self.projection_head(features) if with_embedding else None
         return NetworkOutput(logits, features, embedding)
 
+    def embed(self, vectors: torch.Tensor) -> torch.Tensor:
+        """Projection-head output for feature vectors gathered at some voxels.
+
+        Parameters
+        ----------
+        vectors : (B, F, n) Tensor
+            Decoder features (``NetworkOutput.features``) at ``n`` voxels per item.
+
+        Returns
+        -------
+        (B, E, n) Tensor
+            The same as ``forward(..., with_embedding=True).embedding`` at those voxels (the head
+            is 1x1 convolutions), at the cost of ``n`` voxels instead of the whole patch.
+        """
+        shaped = vectors.reshape(*vectors.shape, *([1] * (self.spatial_dims - 1)))
+        return self.projection_head(shaped).reshape(vectors.shape[0], -1, vectors.shape[2])
+
 
 def build_model(config: ModelConfig, *, spatial_dims: int, in_channels: int, num_classes: int) -> ScribbleNet:
     """Build the network described by ``config`` for the given data.

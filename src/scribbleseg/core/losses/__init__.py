@@ -8,13 +8,14 @@
 
 from __future__ import annotations
 
-from scribbleseg.core.losses.contrastive import supervised_contrastive_loss
+from scribbleseg.core.losses.contrastive import balanced_sample, supervised_contrastive_loss
 from scribbleseg.core.losses.crf import SPATIAL_WEIGHT_CUTOFF, crf_loss, crf_loss_unfold, spatial_kernel_sum
 from scribbleseg.core.losses.partial import IGNORE_INDEX, partial_cross_entropy, partial_dice_loss
 
 __all__ = [
     "IGNORE_INDEX",
     "SPATIAL_WEIGHT_CUTOFF",
+    "balanced_sample",
     "crf_loss",
     "crf_loss_unfold",
     "partial_cross_entropy",

@@ -16,10 +16,10 @@ from torch import Tensor
 
 from scribbleseg.core.losses.partial import IGNORE_INDEX
 
-__all__ = ["supervised_contrastive_loss"]
+__all__ = ["balanced_sample", "supervised_contrastive_loss"]
 
 
-def _balanced_sample(
+def balanced_sample(
     voxel_classes: Tensor, max_samples: int, generator: torch.Generator | None
 ) -> tuple[Tensor, Tensor] | None:
     """Pick at most ``max_samples`` positions of ``voxel_classes`` (M,), an equal share per class.
@@ -130,7 +130,7 @@ def supervised_contrastive_loss(
             labelled_positions = (flat_target[item] != IGNORE_INDEX).nonzero().squeeze(1)
             if labelled_positions.numel() < 2:
                 continue
-            sample = _balanced_sample(flat_target[item, labelled_positions], int(max_samples), generator)
+            sample = balanced_sample(flat_target[item, labelled_positions], int(max_samples), generator)
             if sample is None:
                 continue
             chosen, classes = sample
