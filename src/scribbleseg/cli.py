@@ -22,12 +22,18 @@ __all__ = ["build_parser", "main"]
 PROG = "scribbleseg"
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 1
+#: Most patches per step, as in the widget: far more never fits in memory (and the sampler
+#: would run for hours drawing them).
+MAX_BATCH_SIZE = 256
+#: Largest seed, as in the widget (torch and numpy both accept it).
+MAX_SEED = 2**31 - 1
 
 
 class _Parser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line and exit status 2."""
 
     def error(self, message: str) -> NoReturn:
+        message = " ".join(message.split())  # it may quote arguments holding line breaks
         self.exit(EXIT_BAD_INPUT, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
 
 
@@ -57,8 +63,8 @@ def _non_negative(text: str) -> float:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}")
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text!r}")
     return value
 
 
@@ -69,6 +75,23 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}")
+    return value
+
+
+def _batch_size(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_BATCH_SIZE:
+        raise argparse.ArgumentTypeError(f"expected at most {MAX_BATCH_SIZE} patches per step, got {text!r}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to {MAX_SEED}, got {text!r}")
     return value
 
 
@@ -114,7 +137,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="SECONDS",
         help="train for this many seconds (default 120)",
     )
-    train.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    train.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     train.add_argument(
         "--init", metavar="MODEL", help="warm-start from this model (same classes and channels)"
     )
@@ -122,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--patch-size", type=_ints, metavar="[Z,]Y,X", help="training patch size (multiples of 16)"
     )
-    train.add_argument("--batch-size", type=_positive_int, help="patches per step (default 4 in 2D, 2 in 3D)")
+    train.add_argument("--batch-size", type=_batch_size, help="patches per step (default 4 in 2D, 2 in 3D)")
     train.add_argument("--learning-rate", type=_positive_float, help="AdamW learning rate")
     train.add_argument(
         "--contrastive-weight",

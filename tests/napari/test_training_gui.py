@@ -17,6 +17,7 @@ from scribbleseg.samples import load_sample
 
 pytestmark = pytest.mark.gui
 
+
 def _set(settings, **values):
     for name, value in values.items():
         getattr(settings, name).value = value

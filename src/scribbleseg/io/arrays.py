@@ -169,6 +169,16 @@ def check_array(array: Any, path: pathlib.Path, *, what: str = "holds") -> None:
         raise InputError(f"{path} {what} an empty array of shape {shape} — there is nothing to process")
 
 
+def check_stored_dtype(dtype: Any, path: pathlib.Path) -> None:
+    """Raise :class:`InputError` for numbers TIFF and zarr cannot store (float128 …)."""
+    dtype = np.dtype(dtype)
+    if dtype.itemsize > 8:
+        raise InputError(
+            f"cannot write {path} with dtype {dtype}: TIFF and zarr store numbers of at most 64 bits "
+            "(convert to float64, or write .npy)"
+        )
+
+
 def default_axes(ndim: int, spacing: tuple[float, ...] | None = None) -> str:
     """Axis letters assumed for an array written without ``axes``.
 
@@ -409,6 +419,8 @@ def _read_npy(path: pathlib.Path, *, lazy: bool) -> ArrayFile:
         raise InputError(f"cannot read {path}: not a valid .npy file ({exc})") from exc
     except (OSError, EOFError) as exc:
         raise InputError(f"cannot read {path}: the file is truncated or not a .npy file ({exc})") from exc
+    except Exception as exc:  # a corrupt header: numpy's parser raises SyntaxError, TokenError …
+        raise InputError(f"cannot read {path}: not a valid .npy file ({type(exc).__name__}: {exc})") from exc
     if not isinstance(data, np.ndarray):  # np.load gives an NpzFile for .npz content
         raise InputError(f"cannot read {path}: it is not a single .npy array (an .npz archive?)")
     return ArrayFile(data, None, None, path)

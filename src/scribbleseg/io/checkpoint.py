@@ -58,6 +58,8 @@ METADATA_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
 #: A model.json larger than this is not ours (protects against reading a huge file).
 _MAX_METADATA_BYTES = 1 << 20
+#: Largest class value (class values are handled as int64).
+_MAX_CLASS_VALUE = 2**63 - 1
 #: File types that are (or usually are) pickles: never opened.
 _PICKLE_SUFFIXES = (".pt", ".pth", ".ckpt", ".pkl", ".pickle", ".bin", ".joblib")
 
@@ -149,6 +151,9 @@ class ModelMetadata:
         assert values is not None
         _check(len(values) >= 2, f"a model needs at least 2 classes, got class_values {values}")
         _check(values[0] >= 1, f"class values must be >= 1 (0 means unlabelled), got {values}")
+        _check(
+            values[-1] <= _MAX_CLASS_VALUE, f"class values must be at most {_MAX_CLASS_VALUE}, got {values}"
+        )
         _check(
             all(a < b for a, b in itertools.pairwise(values)),
             f"class_values must be sorted and distinct: {values}",
@@ -283,7 +288,7 @@ def _read_json(path: pathlib.Path) -> Any:
         return json.loads(text, parse_constant=refuse_constant)
     except UnicodeDecodeError:
         raise ModelFileError(f"{path.parent} {_NOT_OURS}: {path.name} is not text") from None
-    except ValueError as exc:  # json.JSONDecodeError is a ValueError
+    except (ValueError, RecursionError) as exc:  # json.JSONDecodeError is a ValueError; deep nesting
         raise ModelFileError(f"{path.parent} {_NOT_OURS}: {path.name} is not valid JSON ({exc})") from None
     except OSError as exc:
         raise ModelFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
@@ -312,7 +317,7 @@ def read_metadata(path: str | os.PathLike[str]) -> ModelMetadata:
     fields = {k: v for k, v in data.items() if k not in ("format", "format_version")}
     try:
         return ModelMetadata.from_dict(fields)
-    except ConfigError as exc:
+    except (ConfigError, TypeError, ValueError, OverflowError) as exc:  # e.g. int("x") in a config
         raise ModelFileError(f"{metadata_path} is invalid: {exc}") from None
 
 
@@ -466,19 +471,24 @@ def load_model(
     if not weights_path.is_file():
         raise ModelFileError(f"{folder} has no {WEIGHTS_FILE}: the model is incomplete — save it again")
     try:
+        # Shapes only, nothing allocated: a model.json claiming a huge network is refused below
+        # (its weights do not fit) before any memory is taken.
+        with torch.device("meta"):
+            expected = _build(metadata).state_dict()
+    except (ConfigError, TypeError, ValueError, OverflowError, RuntimeError) as exc:  # "16" for 16 …
+        detail = (str(exc).strip().splitlines() or [type(exc).__name__])[0]  # torch adds C++ frames
+        raise ModelFileError(
+            f"{folder / METADATA_FILE} describes a network that cannot be built: {detail}"
+        ) from None
+    try:
         # safetensors reads a JSON header and raw tensor bytes: no code is ever run.
         weights = load_file(str(weights_path), device="cpu")
     except Exception as exc:  # SafetensorError, OSError … for a corrupt or foreign file
         raise ModelFileError(
             f"{weights_path} is not a valid safetensors file (corrupt, truncated or not ours): {exc}"
         ) from None
-    try:
-        network = _build(metadata)
-    except (ConfigError, TypeError, ValueError) as exc:  # e.g. "16" where an integer belongs
-        raise ModelFileError(
-            f"{folder / METADATA_FILE} describes a network that cannot be built: {exc}"
-        ) from None
-    _compare_weights(weights, network.state_dict(), str(weights_path))
+    _compare_weights(weights, expected, str(weights_path))
+    network = _build(metadata)
     network.load_state_dict(weights, strict=True)
     network.eval()
     return network.to(device), metadata

@@ -4,7 +4,8 @@ Writing picks one of three layouts:
 
 ``imagej``
     An ImageJ hyperstack (the default for uint8, uint16 and float32 up to
-    :data:`BIGTIFF_THRESHOLD` bytes): Fiji and napari read the axes, the pixel
+    :data:`BIGTIFF_THRESHOLD` bytes, unless an axis other than Y, X has size 1,
+    which ImageJ files cannot keep): Fiji and napari read the axes, the pixel
     size (``XResolution`` / ``YResolution`` = 1 / spacing) and the z step
     (``spacing``) with its ``unit``.
 ``plain``
@@ -49,6 +50,7 @@ from scribbleseg.io.arrays import (
     atomic_output,
     check_array,
     check_spacing,
+    check_stored_dtype,
     is_lazy_array,
     output_path,
     resolve_axes,
@@ -183,14 +185,27 @@ def write_tiff(
     path = output_path(path)
     data = as_array(array)
     check_array(data, path, what="would hold")
+    check_stored_dtype(data.dtype, path)
     axes = resolve_axes(axes, data.ndim, spacing)
     spacing = check_spacing(spacing, axes)
     dtype = tiff_dtype(data)
+    if ome and dtype == np.float16:
+        dtype = np.dtype(np.float32)  # OME has no half floats; float32 holds them exactly
+    if ome and dtype.itemsize == 8 and dtype.kind in "iu":
+        raise InputError(
+            f"cannot write {path}: OME-TIFF cannot store 64-bit integers, and these values need "
+            "them - write .tif or .zarr instead"
+        )
     nbytes = int(np.prod(data.shape, dtype=np.int64)) * dtype.itemsize
     use_bigtiff = nbytes > BIGTIFF_THRESHOLD if bigtiff is None else bool(bigtiff)
     if ome:
         layout = "ome"
-    elif not use_bigtiff and dtype in IMAGEJ_DTYPES:
+    elif (
+        not use_bigtiff
+        and dtype in IMAGEJ_DTYPES
+        # ImageJ drops axes of size 1 (a one-slice volume would read back as 2D)
+        and all(size > 1 for size, letter in zip(data.shape, axes, strict=True) if letter not in "YX")
+    ):
         layout = "imagej"
     else:
         layout = "plain"

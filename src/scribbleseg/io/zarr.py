@@ -32,6 +32,7 @@ from scribbleseg.io.arrays import (
     atomic_output,
     check_array,
     check_spacing,
+    check_stored_dtype,
     is_lazy_array,
     resolve_axes,
     to_micrometres,
@@ -59,12 +60,22 @@ def _open_node(path: pathlib.Path) -> zarr.Array | zarr.Group:
     if not path.is_dir():
         raise InputError(f"{path} is a file, not a zarr folder (a .zarr image is a folder)")
     try:
-        return zarr.open(store=str(path), mode="r")
+        node = zarr.open(store=str(path), mode="r")
     except Exception as exc:  # zarr raises NodeNotFound, JSON, KeyError, ValueError … for bad stores
         raise InputError(
             f"cannot read {path}: not a zarr array or group, or its metadata is corrupt "
             f"({type(exc).__name__}: {exc})"
         ) from exc
+    return _checked_attributes(node, path)
+
+
+def _checked_attributes(node: Any, path: pathlib.Path) -> Any:
+    """Return ``node`` if its attributes are a JSON object (zarr opens a list there, then fails later)."""
+    if not isinstance(node.metadata.attributes, Mapping):
+        raise InputError(
+            f"cannot read {path}: its zarr metadata is corrupt (the attributes are not an object)"
+        )
+    return node
 
 
 def _multiscales(attributes: Mapping[str, Any]) -> Any:
@@ -104,7 +115,7 @@ def _level_zero(path: pathlib.Path, group: zarr.Group, multiscales: Any) -> tupl
         ) from None
     if not isinstance(array, zarr.Array):
         raise InputError(f"{path}/{dataset_path} (OME-Zarr level 0) is a group, not an array")
-    return array, dict(image)
+    return _checked_attributes(array, path), dict(image)
 
 
 class CheckedReader:
@@ -211,7 +222,7 @@ def _open_image(path: pathlib.Path) -> tuple[zarr.Array, dict[str, Any] | None]:
         return _level_zero(path, node, multiscales)
     arrays = [name for name, _ in node.arrays()]
     if len(arrays) == 1:
-        return node[arrays[0]], None
+        return _checked_attributes(node[arrays[0]], path), None
     if not arrays:
         raise InputError(f"{path} is a zarr group without arrays or OME-Zarr metadata — it holds no image")
     raise InputError(
@@ -346,7 +357,8 @@ def create_array(
         store=str(path),
         shape=shape,
         chunks=chunks,
-        dtype=dtype,
+        # via its string: zarr knows dtype("<u8") but not the ulonglong np.min_scalar_type returns
+        dtype=np.dtype(np.dtype(dtype).str),
         fill_value=0,
         zarr_format=3,
         dimension_names=tuple(a.lower() for a in axes),
@@ -404,6 +416,7 @@ def write_zarr(
     dtype = np.dtype(data.dtype if dtype is None else dtype)
     if dtype.kind not in "biuf":
         raise InputError(f"cannot write {path} with dtype {dtype}: use a numeric type")
+    check_stored_dtype(dtype, path)
     if chunks is None:
         chunks = default_chunks(shape, axes)
     else:

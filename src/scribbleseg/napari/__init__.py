@@ -22,4 +22,24 @@ Modules
     Qt-free bookkeeping (label diffs, user edits of the prediction, view regions).
 ``_sample_data``, ``_writer``
     npe2 sample data and writer.
+
+Public helper (imported on first use, with napari):
+
+:func:`new_scribbles_on_disk`
+    Add a scribbles Labels layer backed by a zarr array on disk: strokes are saved as they are
+    painted and survive a crash.
 """
+
+from __future__ import annotations
+
+from typing import Any
+
+__all__ = ["new_scribbles_on_disk"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "new_scribbles_on_disk":
+        from scribbleseg.napari._layers import new_scribbles_on_disk
+
+        return new_scribbles_on_disk
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -7,6 +7,8 @@ with a message that says what to do.
 
 from __future__ import annotations
 
+import os
+import pathlib
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -34,6 +36,7 @@ __all__ = [
     "find_output_layer",
     "image_source",
     "layer_data",
+    "new_scribbles_on_disk",
     "points_in_voxels",
     "spatial_shape_of",
 ]
@@ -229,6 +232,87 @@ def annotation_labels(
     )
     dtype = np.result_type(scribbles.dtype, balls.dtype)
     return np.where(scribbles != 0, scribbles, balls).astype(dtype, copy=False)
+
+
+#: Chunk shape of on-disk scribbles: a brush dab rewrites its chunk(s), so they stay small.
+_SCRIBBLE_CHUNKS = {2: (512, 512), 3: (16, 256, 256)}
+
+
+def new_scribbles_on_disk(
+    viewer: napari.Viewer,
+    image: Image,
+    path: str | os.PathLike[str],
+    *,
+    name: str = "scribbles",
+    max_value: int = 255,
+) -> Labels:
+    """Add a scribbles Labels layer whose data is a zarr array on disk.
+
+    Every stroke is written into the zarr store as it is painted (napari writes the painted
+    region back into the layer's array; zarr replaces each chunk file atomically), so the
+    scribbles survive the process being killed. Opening the same ``path`` again continues
+    with the scribbles saved there. Training reads the layer and never writes it.
+
+    Parameters
+    ----------
+    viewer : napari.Viewer
+    image : napari.layers.Image
+        The image to scribble on: the layer takes its spatial shape, scale and translation.
+    path : path-like
+        A ``.zarr`` folder. Created (zarr v3, chunked, 0 = unlabelled) when missing; an
+        existing zarr array of the image's spatial shape is opened as it is.
+    name : str
+        Layer name.
+    max_value : int
+        The largest class value to be painted: uint8 up to 255, else uint16.
+
+    Returns
+    -------
+    napari.layers.Labels
+        The new layer; its ``data`` is the zarr array.
+
+    Raises
+    ------
+    InputError
+        If ``path`` exists but is not a zarr array of the image's spatial shape (it is never
+        overwritten), or its folder does not exist.
+    """
+    import zarr
+
+    from scribbleseg.io.zarr import create_array
+
+    path = pathlib.Path(path)
+    shape = spatial_shape_of(image)
+    if path.exists():
+        try:
+            store = zarr.open_array(str(path), mode="r+")
+        except Exception as exc:  # a group, a foreign folder or file, corrupt metadata …
+            raise InputError(
+                f"cannot use {path} for scribbles: it exists and is not a zarr array "
+                f"({type(exc).__name__}) - choose a new .zarr path"
+            ) from None
+        if tuple(store.shape) != shape or store.dtype.kind not in "iu":
+            raise InputError(
+                f"cannot use {path} for scribbles: it holds a {store.dtype} array of shape "
+                f"{tuple(store.shape)}, the image's spatial shape is {shape} - choose a new .zarr path"
+            )
+    else:
+        if not path.parent.is_dir():
+            raise InputError(f"cannot create {path}: folder {path.parent} does not exist")
+        axes = "ZYX"[-len(shape) :]
+        chunks = tuple(min(c, s) for c, s in zip(_SCRIBBLE_CHUNKS[len(shape)], shape, strict=True))
+        store = create_array(
+            path,
+            shape=shape,
+            chunks=chunks,
+            dtype=np.uint8 if max_value < 256 else np.uint16,
+            axes=axes,
+            attributes={"axes": axes, "spacing": list(_spacing(image)), "role": "scribbles"},
+        )
+    layer = viewer.add_labels(store, name=name, opacity=0.8, **_placement(image))
+    layer.brush_size = 5
+    layer.mode = "paint"
+    return layer
 
 
 def find_output_layer(viewer: napari.Viewer, role: str, spatial_shape: Sequence[int]) -> Layer | None:

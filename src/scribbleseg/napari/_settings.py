@@ -39,6 +39,11 @@ class Configs(NamedTuple):
     train: TrainConfig
 
 
+def _short(value: float) -> str:
+    text = f"{value:g}" if isinstance(value, float) else str(value)
+    return text if len(text) <= 12 else text[:10] + "…"
+
+
 def _weight(value: float, tooltip: str) -> FloatSpinBox:
     return FloatSpinBox(value=value, min=0.0, max=100.0, step=0.05, tooltip=tooltip)
 
@@ -192,23 +197,40 @@ class SettingsPanel(QWidget):
         )
         return Configs(model, loss, train)
 
-    def set_config(self, model: ModelConfig, loss: LossConfig, train: TrainConfig) -> None:
+    def set_config(self, model: ModelConfig, loss: LossConfig, train: TrainConfig) -> list[str]:
         """Show existing configurations (e.g. of a loaded model) in the widgets.
 
-        Fields without a widget are kept and used by :meth:`to_config`.
+        Fields without a widget are kept and used by :meth:`to_config`. A value outside its
+        widget's range (e.g. a batch size from the command line) is set to the nearest limit.
+
+        Returns
+        -------
+        list of str
+            One note per value that was changed that way, for the user.
         """
         self._base = Configs(model, loss, train)
         self.network.value = model.size
         self.device.value = train.device
         self.patch_size.value = "auto" if train.patch_size is None else ",".join(map(str, train.patch_size))
-        self.batch_size.value = train.batch_size or 0
-        self.learning_rate.value = train.learning_rate
-        self.contrastive_weight.value = loss.contrastive_weight
-        self.crf_weight.value = loss.crf_weight
-        self.dynamic_crf_weight.value = loss.dynamic_crf_weight
-        self.dice_weight.value = loss.dice_weight
-        self.point_radius.value = train.point_radius
-        self.max_steps.value = train.steps or 0
-        self.max_seconds.value = train.time_budget or 0.0
-        self.preview_interval.value = train.preview_interval
-        self.seed.value = train.seed
+        notes: list[str] = []
+        for widget, value in (
+            (self.batch_size, train.batch_size or 0),
+            (self.learning_rate, train.learning_rate),
+            (self.contrastive_weight, loss.contrastive_weight),
+            (self.crf_weight, loss.crf_weight),
+            (self.dynamic_crf_weight, loss.dynamic_crf_weight),
+            (self.dice_weight, loss.dice_weight),
+            (self.point_radius, train.point_radius),
+            (self.max_steps, train.steps or 0),
+            (self.max_seconds, train.time_budget or 0.0),
+            (self.preview_interval, train.preview_interval),
+            (self.seed, train.seed),
+        ):
+            shown = min(max(value, widget.min), widget.max)
+            if shown != value:
+                notes.append(
+                    f"{widget.label} {_short(value)} is outside {_short(widget.min)} to "
+                    f"{_short(widget.max)}, set to {_short(shown)}"
+                )
+            widget.value = int(shown) if isinstance(widget, SpinBox) else float(shown)
+        return notes

@@ -31,7 +31,7 @@ from scribbleseg.napari._classes import ClassTable
 from scribbleseg.napari._inputs import InputsPanel
 from scribbleseg.napari._layers import POINT_CLASS_FEATURE, image_source, layer_data
 from scribbleseg.napari._model import labels_for_export
-from scribbleseg.napari._notify import report_error, show_info
+from scribbleseg.napari._notify import report_error, show_info, show_warning
 from scribbleseg.napari._output_layers import OutputLayers
 from scribbleseg.napari._outputs import OutputsPanel
 from scribbleseg.napari._prediction import BlockPrediction, predict_blocks
@@ -335,6 +335,7 @@ class ScribbleSegWidget(QWidget):
             if source in ("", "."):
                 raise ModelFileError("choose the model folder to load (the 'model' path) first")
             model, metadata = load_model(source, device="cpu")
+            loss, train = LossConfig.from_dict(metadata.loss), TrainConfig.from_dict(metadata.train)
             self.training.forget()
             self.loaded = (model, metadata)
             self.classes.set_classes(
@@ -342,13 +343,13 @@ class ScribbleSegWidget(QWidget):
                 dict(zip(metadata.class_values, metadata.class_names, strict=True)),
                 metadata.background_class,
             )
-            self.settings.set_config(
-                metadata.model, LossConfig.from_dict(metadata.loss), TrainConfig.from_dict(metadata.train)
-            )
+            notes = self.settings.set_config(metadata.model, loss, train)
         except Exception as exc:
             report_error(exc, "loading the model")
             return False
         show_info(f"ScribbleSeg: loaded model with classes {', '.join(metadata.class_names)}")
+        if notes:
+            show_warning(f"ScribbleSeg: the model's settings did not all fit: {'; '.join(notes)}")
         return True
 
     def export(self, path: str | None = None, layer: Any = None) -> bool:
