@@ -278,3 +278,25 @@ def test_sampled_embeddings_equal_the_full_patch_projection(blobs2d):
             matches = torch.isclose(full[item].t(), vector, atol=1e-5).all(1)
             assert matches.any()
             assert set(target[item].flatten()[matches].tolist()) == {int(cls)}
+
+
+def test_a_failing_step_keeps_the_model_of_the_last_good_step(blobs2d):
+    image, scribbles, _ = blobs2d
+    trainer = _trainer(image, scribbles, steps=10)
+    forward, calls = trainer.model.forward, [0]
+
+    def forward_failing_on_the_third_step(x, *args, **kwargs):
+        out = forward(x, *args, **kwargs)  # batch-norm statistics already updated
+        calls[0] += 1
+        if calls[0] == 3:
+            raise RuntimeError("injected failure")
+        return out
+
+    trainer.model.forward = forward_failing_on_the_third_step
+    states = []
+    with pytest.raises(RuntimeError, match="injected failure"):
+        for _ in trainer.run():
+            states.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+    assert trainer.step == 2 and not trainer.model.training
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value, states[-1][name]), name  # weights and batch-norm buffers of step 2

@@ -286,9 +286,11 @@ class Trainer:
                 reason = "time"
                 break
             self._apply_pending_labels()
+            norm_state = self._norm_state()
             try:
                 loss_value, terms = self._train_step()
             except torch.OutOfMemoryError:
+                self._restore_norm_state(norm_state)
                 message = self._recover_from_out_of_memory()
                 yield TrainUpdate(
                     step=self.step,
@@ -299,6 +301,13 @@ class Trainer:
                     message=message,
                 )
                 continue
+            except BaseException:
+                # Keep the model of the last good step: its weights are untouched (the optimizer
+                # step comes last), its batch-norm statistics are restored, and it is left in eval
+                # mode like after a normal run.
+                self._restore_norm_state(norm_state)
+                self.model.eval()
+                raise
             self.step += 1
             steps_this_run += 1
             preview = None
@@ -338,6 +347,23 @@ class Trainer:
             reason=reason,
             message=message,
         )
+
+    def _norm_state(self) -> list[torch.Tensor]:
+        """Return copies of the batch-norm buffers (a few kB), to undo a failed step's forward pass."""
+        return [buffer.clone() for buffer in self._norm_buffers()]
+
+    def _restore_norm_state(self, state: list[torch.Tensor]) -> None:
+        with torch.no_grad():
+            for buffer, saved in zip(self._norm_buffers(), state, strict=True):
+                buffer.copy_(saved)
+
+    def _norm_buffers(self) -> list[torch.Tensor]:
+        return [
+            buffer
+            for module in self.model.modules()
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm)
+            for buffer in module.buffers()
+        ]
 
     # ------------------------------------------------------------ out of memory
     def _release_memory(self) -> None:
