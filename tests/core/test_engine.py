@@ -18,7 +18,7 @@ from scribbleseg.core.inference import predict_probabilities, probabilities_to_l
 from scribbleseg.core.losses import IGNORE_INDEX
 from scribbleseg.core.metrics import dice_iou
 from scribbleseg.core.volume import ImageSource
-from scribbleseg.errors import ScribbleSegError
+from scribbleseg.errors import ConfigError, ScribbleSegError
 
 FAST_LOSS = LossConfig(warmup_steps=1, dynamic_start_step=2, contrastive_samples=256, **REGULARIZED_WEIGHTS)
 
@@ -300,3 +300,18 @@ def test_a_failing_step_keeps_the_model_of_the_last_good_step(blobs2d):
     assert trainer.step == 2 and not trainer.model.training
     for name, value in trainer.model.state_dict().items():
         assert torch.equal(value, states[-1][name]), name  # weights and batch-norm buffers of step 2
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"learning_rate": float("inf")}, "learning_rate must be a finite number > 0"),
+        ({"weight_decay": float("nan")}, "weight_decay must be a finite number >= 0"),
+        ({"seed": -1}, "seed must be in"),
+        ({"seed": 2**63}, "seed must be in"),
+        ({"batch_size": 10**11}, "batch_size must be in"),
+    ],
+)
+def test_train_config_refuses_values_the_cli_refuses(options, message):
+    with pytest.raises(ConfigError, match=message):
+        TrainConfig(**options)

@@ -269,9 +269,11 @@ class TrainConfig(_DictMixin):
             _check(len(patch) in (2, 3), "patch_size must have 2 or 3 entries ([Z,] Y, X)")
             _check(all(p >= 16 and p % 16 == 0 for p in patch), "patch_size entries must be multiples of 16")
         if self.batch_size is not None:
-            _check(int(self.batch_size) >= 1, "batch_size must be >= 1")
-        _check(float(self.learning_rate) > 0, "learning_rate must be > 0")
-        _check(float(self.weight_decay) >= 0, "weight_decay must be >= 0")
+            _check(1 <= int(self.batch_size) <= 256, f"batch_size must be in [1, 256], got {self.batch_size}")
+        rate, decay = float(self.learning_rate), float(self.weight_decay)
+        _check(math.isfinite(rate) and rate > 0, f"learning_rate must be a finite number > 0, got {rate}")
+        _check(math.isfinite(decay) and decay >= 0, f"weight_decay must be a finite number >= 0, got {decay}")
+        _check(0 <= int(self.seed) < 2**31, f"seed must be in [0, 2^31), got {self.seed}")
         _check(
             0.0 <= float(self.label_sampling_probability) <= 1.0,
             "label_sampling_probability must be in [0, 1]",
