@@ -193,6 +193,10 @@ def test_refuses_to_overwrite_what_is_not_a_prediction(tmp_path):
         predict_blockwise(
             model, source, tmp_path / "out.zarr", chunks=(8, 8), block_shape=(12, 8), device="cpu"
         )
+    # An empty folder (what a run that failed while creating its output leaves) is not in the way.
+    (tmp_path / "empty.zarr").mkdir()
+    result = predict_blockwise(model, source, tmp_path / "empty.zarr", device="cpu")
+    assert result.blocks_computed == result.blocks_total >= 1
 
 
 def test_lazy_sources_give_the_same_prediction(tmp_path):

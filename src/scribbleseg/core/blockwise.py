@@ -624,6 +624,8 @@ def _our_attributes(path: pathlib.Path) -> Mapping[str, Any] | None:
 
     if not path.exists() and not path.is_symlink():
         return None
+    if path.is_dir() and not path.is_symlink() and not any(path.iterdir()):
+        return None  # an empty folder (e.g. left by a run that failed while creating it) holds nothing
     is_zarr = path.is_dir() and any((path / m).exists() for m in ("zarr.json", ".zarray", ".zgroup"))
     if not is_zarr:
         what = "folder" if path.is_dir() else "file"
