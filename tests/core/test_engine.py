@@ -62,8 +62,9 @@ def test_stop_from_another_thread_is_honoured_at_the_next_step(blobs2d):
         last = now
         updates.append(update)
     assert updates[-1].reason == "stopped"
-    # at most the step in flight finishes after stop()
-    assert last - stopped_at[0] <= max(step_times) + 0.2
+    # at most the step in flight finishes after stop(), then the final record (batch-norm
+    # statistics re-estimated with 2 forward passes, cheaper than a training step)
+    assert last - stopped_at[0] <= 2 * max(step_times) + 0.2
 
 
 def test_time_budget(blobs2d):

@@ -173,17 +173,19 @@ def test_model_settings_outside_the_widget_ranges_are_shown_clamped(
 
     folder = _tiny_model(tmp_path)
     document = json.loads((folder / "model.json").read_text())
-    document["train"].update(batch_size=10**9, steps=10**30, learning_rate=5.0, seed=2**40)
+    # TrainConfig itself refuses batch sizes above 256 and seeds >= 2^31 (as the CLI does); these
+    # values are valid for the library but beyond what the widget's spin boxes show.
+    document["train"].update(steps=10**30, learning_rate=5.0)
     (folder / "model.json").write_text(json.dumps(document))
     viewer = make_napari_viewer()
     widget = dock_widget(viewer)
     assert widget.load_model(str(folder)), notifications.errors()
     assert not notifications.errors()
     warnings = [str(n.message) for n in notifications.seen if str(n.severity) == "warning"]
-    assert len(warnings) == 1 and "batch size 1000000000 is outside 0 to 256, set to 256" in warnings[0]
-    for name in ("stop after steps", "learning rate", "seed"):
+    assert len(warnings) == 1
+    for name in ("stop after steps", "learning rate"):
         assert name in warnings[0]
     settings = widget.settings
-    assert settings.batch_size.value == 256 and settings.learning_rate.value == 1.0
+    assert settings.learning_rate.value == 1.0
     train = settings.to_config().train
-    assert train.batch_size == 256 and train.steps == settings.max_steps.max
+    assert train.steps == settings.max_steps.max

@@ -331,7 +331,8 @@ class Trainer:
         message = None
         if steps_this_run:
             try:
-                self.recalibrate_batch_norm()
+                # After a Stop, fewer passes: the user is waiting (Stop within a second).
+                self.recalibrate_batch_norm(batches=2 if reason == "stopped" else 8)
             except torch.OutOfMemoryError:
                 self._release_memory()
                 message = "out of memory while re-estimating batch-norm statistics: kept the running ones"
