@@ -63,7 +63,29 @@ def _current_rss_bytes() -> int:
 
 
 def _max_rss_bytes() -> int:
+    """Peak RSS of this process: ``VmHWM`` (resettable, see :func:`_reset_peak`), else getrusage."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+
+
+def _reset_peak() -> None:
+    """Reset the peak RSS to the current RSS (Linux ``clear_refs`` 5).
+
+    A process started by fork + exec from a large parent inherits the parent's peak RSS in
+    ``getrusage`` (e.g. when ``benchmarks/speed.py`` runs this worker after training); resetting
+    ``VmHWM`` makes the peak this worker's own.
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")
+    except OSError:
+        pass
 
 
 def _available_bytes() -> int:
@@ -107,6 +129,7 @@ def _run_worker(
         torch.cuda.reset_peak_memory_stats(device)
         baseline = torch.cuda.memory_allocated(device)
     else:
+        _reset_peak()
         baseline = _current_rss_bytes()
         max_rss_before = _max_rss_bytes()
 

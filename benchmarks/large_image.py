@@ -13,7 +13,7 @@ For each size (Z x Y x X) this script
 It prints a table: volume size, peak RSS of the prediction process, wall time, voxels/s.
 
     python benchmarks/large_image.py --sizes 256x512x512,256x1024x1024
-    python benchmarks/large_image.py --sizes 256x512x512,1024x1024x1024   # the second is 8.6 GB (~1.5 h on 2 CPU cores)
+    python benchmarks/large_image.py --sizes 256x512x512,1024x1024x1024   # 8.6 GB, ~1.5 h on 2 cores
 
 Each volume is written once and reused by later runs (``--workdir``).
 """
