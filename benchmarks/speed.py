@@ -148,6 +148,24 @@ def _sample_trainer(
 
 
 # --------------------------------------------------------------------------- 1. training
+def _project_whole_patch(trainer: Trainer) -> None:
+    """Undo one optimisation for its "before" row: the projection head over the whole patch.
+
+    Before, the head ran on every voxel of the patch and the contrastive loss gathered its
+    sample from that; now only the sampled voxels go through the head. Gathering from the
+    whole-patch embedding with an identity ``embed`` is exactly the old computation.
+    """
+    sampled = trainer._sampled_embeddings
+    trainer.model.embed = lambda vectors: vectors  # type: ignore[method-assign]
+
+    def from_the_whole_patch(
+        features: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return sampled(trainer.model.projection_head(features), target, generator)
+
+    trainer._sampled_embeddings = from_the_whole_patch  # type: ignore[method-assign]
+
+
 def training(report: Report, device: str, steps: int) -> None:
     report.add(
         "",
@@ -160,8 +178,16 @@ def training(report: Report, device: str, steps: int) -> None:
     ratios = {}
     for name, patch, batch in (("nuclei2d", (512, 512), 8), ("mri3d", (96, 96, 96), 2)):
         seconds = {}
-        for label, loss in (("pCE only", PCE_ONLY), ("full", FULL)):
+        variants = (
+            ("pCE only", PCE_ONLY),
+            ("full", FULL),
+            ("full, before: CRF at full resolution", replace(FULL, crf_downsample=1)),
+            ("full, before: projection head on the whole patch", FULL),
+        )
+        for label, loss in variants:
             trainer = _sample_trainer(name, loss, patch=patch, batch=batch, device=device)
+            if "whole patch" in label:
+                _project_whole_patch(trainer)
             dev = trainer.device
             flops = _flops(trainer._train_step)
             times = []
