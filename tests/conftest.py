@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
@@ -72,3 +74,51 @@ def blobs3d() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     for z in range(1, truth.shape[0], 4):  # strokes on every 4th slice only, drawn in 2D
         sparse[z] = scribbles_from_truth(truth[z], seed=7 + z, fraction_objects=1.0)
     return np.stack([channel_a, channel_b]), sparse, truth
+
+
+# --------------------------------------------------------------------------------------------------
+# GUI fixtures (tests/napari, tests/hardening)
+
+WIDGET_NAME = "ScribbleSeg"
+
+
+@pytest.fixture
+def dock_widget() -> Callable[[Any], Any]:
+    """Return a function that docks the ScribbleSeg widget into a viewer through the npe2 manifest."""
+
+    def dock(viewer: Any) -> Any:
+        _, widget = viewer.window.add_plugin_dock_widget("scribbleseg", WIDGET_NAME)
+        return widget
+
+    return dock
+
+
+class Notifications:
+    """napari notifications captured during a test."""
+
+    def __init__(self) -> None:
+        self.seen: list[Any] = []
+
+    def __call__(self, notification: Any) -> None:
+        self.seen.append(notification)
+
+    def messages(self, severity: str | None = None) -> list[str]:
+        """Texts of the notifications (of one severity: "error", "warning", "info")."""
+        return [str(n.message) for n in self.seen if severity is None or str(n.severity) == severity]
+
+    def errors(self) -> list[str]:
+        return self.messages("error")
+
+    def clear(self) -> None:
+        self.seen.clear()
+
+
+@pytest.fixture
+def notifications() -> Iterator[Notifications]:
+    """Every napari notification shown during the test."""
+    from napari.utils.notifications import notification_manager
+
+    captured = Notifications()
+    notification_manager.notification_ready.connect(captured)
+    yield captured
+    notification_manager.notification_ready.disconnect(captured)

@@ -15,7 +15,6 @@ import datetime
 import json
 import os
 from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -91,45 +90,3 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
             json.dump(
                 {"examples": dict(_examples), "total": total, "failed_tests": failures}, handle, indent=2
             )
-
-
-# --------------------------------------------------------------------------------------------------
-# GUI fixtures (as in tests/napari/conftest.py, which this folder does not see)
-
-WIDGET_NAME = "ScribbleSeg"
-
-
-@pytest.fixture
-def dock_widget() -> Callable[[Any], Any]:
-    """Return a function that docks the ScribbleSeg widget into a viewer through the npe2 manifest."""
-
-    def dock(viewer: Any) -> Any:
-        _, widget = viewer.window.add_plugin_dock_widget("scribbleseg", WIDGET_NAME)
-        return widget
-
-    return dock
-
-
-class Notifications:
-    """napari notifications captured during a test."""
-
-    def __init__(self) -> None:
-        self.seen: list[Any] = []
-
-    def __call__(self, notification: Any) -> None:
-        self.seen.append(notification)
-
-    def errors(self) -> list[str]:
-        """Texts of the error notifications."""
-        return [str(n.message) for n in self.seen if str(n.severity) == "error"]
-
-
-@pytest.fixture
-def notifications() -> Iterator[Notifications]:
-    """Every napari notification shown during the test."""
-    from napari.utils.notifications import notification_manager
-
-    captured = Notifications()
-    notification_manager.notification_ready.connect(captured)
-    yield captured
-    notification_manager.notification_ready.disconnect(captured)

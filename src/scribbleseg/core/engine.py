@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
@@ -274,6 +274,17 @@ class Trainer:
         steps_this_run = 0
         self.model.train()
         loss_value, terms = math.nan, MappingProxyType({})
+
+        def record(**extra: Any) -> TrainUpdate:
+            return TrainUpdate(
+                step=self.step,
+                elapsed=clock.elapsed(),
+                loss=loss_value,
+                terms=terms,
+                labelled_voxels=self.labelled_voxels,
+                **extra,
+            )
+
         reason: StopReason
         while True:
             if self._stop.is_set():
@@ -287,31 +298,23 @@ class Trainer:
                 break
             self._apply_pending_labels()
             norm_state = self._norm_state()
+            message = None
             try:
                 loss_value, terms = self._train_step()
-            except torch.OutOfMemoryError:
-                self._restore_norm_state(norm_state)
-                message = self._recover_from_out_of_memory()
-                yield TrainUpdate(
-                    step=self.step,
-                    elapsed=clock.elapsed(),
-                    loss=loss_value,
-                    terms=terms,
-                    labelled_voxels=self.labelled_voxels,
-                    message=message,
-                )
-                continue
-            except BaseException:
+            except BaseException as exc:
                 # Keep the model of the last good step: its weights are untouched (the optimizer
-                # step comes last), its batch-norm statistics are restored, and it is left in eval
-                # mode like after a normal run.
+                # step comes last) and its batch-norm statistics are restored.
                 self._restore_norm_state(norm_state)
-                self.model.eval()
-                raise
+                if not isinstance(exc, torch.OutOfMemoryError):
+                    self.model.eval()  # as after a normal run
+                    raise
+                message = self._recover_from_out_of_memory()
+            if message is not None:
+                yield record(message=message)
+                continue
             self.step += 1
             steps_this_run += 1
             preview = None
-            message = None
             if not self._stop.is_set() and self._want_preview(clock.elapsed() - last_preview):
                 last_preview = clock.elapsed()
                 try:
@@ -319,15 +322,7 @@ class Trainer:
                 except torch.OutOfMemoryError:
                     self._release_memory()
                     message = "out of memory while drawing the preview: it is skipped this time"
-            yield TrainUpdate(
-                step=self.step,
-                elapsed=clock.elapsed(),
-                loss=loss_value,
-                terms=terms,
-                labelled_voxels=self.labelled_voxels,
-                preview=preview,
-                message=message,
-            )
+            yield record(preview=preview, message=message)
         message = None
         if steps_this_run:
             try:
@@ -338,16 +333,7 @@ class Trainer:
                 message = "out of memory while re-estimating batch-norm statistics: kept the running ones"
         self.seconds += clock.elapsed()
         self.model.eval()
-        yield TrainUpdate(
-            step=self.step,
-            elapsed=clock.elapsed(),
-            loss=loss_value,
-            terms=terms,
-            labelled_voxels=self.labelled_voxels,
-            done=True,
-            reason=reason,
-            message=message,
-        )
+        yield record(done=True, reason=reason, message=message)
 
     def _norm_state(self) -> list[torch.Tensor]:
         """Return copies of the batch-norm buffers (a few kB), to undo a failed step's forward pass."""
