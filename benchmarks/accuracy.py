@@ -1,0 +1,390 @@
+"""Accuracy from sparse labels: ScribbleSeg against an ilastik-equivalent classifier and partial CE.
+
+For every data set with a dense ground truth, annotations are simulated as a person paints them
+(``benchmarks/_annotate.py``): scribbles (strokes along the skeletons of eroded regions on a random
+subset of objects; in 3D on every n-th axial slice) and point clicks, each at two densities. Every
+method gets the same annotations and the same CPU threads:
+
+``rf``
+    ilastik-equivalent pixel classifier: ilastik's default filter bank (``core/features.py``) and a
+    scikit-learn random forest of 100 trees. Its time is features + fit + prediction.
+``pce``, ``pce+crf``, ``pce+contrastive``, ``pce+dynamic``, ``all``
+    The default network trained with partial CE only, plus one regularizer each, and all terms
+    (weights from ``config.REGULARIZED_WEIGHTS``): the loss ablation.
+``defaults``
+    ScribbleSeg as it ships: ``ModelConfig()``, ``LossConfig()``, ``TrainConfig()``.
+``dense``
+    The default network trained with every voxel labelled (upper bound; independent of the
+    annotation, so run once per seed).
+
+Each network trains once per seed and is evaluated at every budget in ``--budgets`` (the clock
+stops while it is evaluated): the mean foreground Dice of the whole-image prediction. Results are
+appended to a JSON-lines file as they come, so an interrupted run resumes where it stopped.
+
+    python benchmarks/accuracy.py                                  # everything: about 12 h on 2 CPU threads
+    python benchmarks/accuracy.py --datasets nuclei2d --seeds 0 --methods rf pce defaults dense
+    python benchmarks/accuracy.py --report-only                    # tables and plot from saved results
+
+Output: the tables between ``<!-- accuracy:start -->`` and ``<!-- accuracy:end -->`` in
+``docs/benchmarks.md`` (``--markdown``) and a plot of Dice against the time budget (``--plot``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _annotate import DENSITIES, simulate_points, simulate_scribbles
+
+ROOT = Path(__file__).resolve().parent.parent
+DATASETS = ("nuclei2d", "mri3d")
+ANNOTATIONS = ("scribbles", "points")
+NETWORK_METHODS = ("pce", "pce+crf", "pce+contrastive", "pce+dynamic", "all", "defaults")
+METHODS = ("rf", *NETWORK_METHODS, "dense")
+LABELS = {
+    "rf": "ilastik-equivalent RF",
+    "pce": "partial CE only",
+    "pce+crf": "pCE + CRF",
+    "pce+contrastive": "pCE + contrastive",
+    "pce+dynamic": "pCE + dynamic CRF",
+    "all": "pCE + all three",
+    "defaults": "**ScribbleSeg defaults**",
+    "dense": "dense labels (upper bound)",
+}
+MARKERS = ("<!-- accuracy:start -->", "<!-- accuracy:end -->")
+
+
+# ----------------------------------------------------------------------------- annotations
+def annotate(sample: Any, kind: str, density: str, seed: int) -> np.ndarray:
+    """The simulated annotation of ``kind`` and ``density`` for ``seed`` (class values, 0 = none)."""
+    classes = sorted(sample.class_names)
+    if kind == "scribbles":
+        return simulate_scribbles(sample.ground_truth, classes, DENSITIES[density], seed=seed)
+    return simulate_points(
+        sample.ground_truth, classes, DENSITIES[density], seed=seed, spacing=sample.spacing
+    )
+
+
+def foreground_dice(labels: np.ndarray, sample: Any) -> float:
+    from scribbleseg.core.metrics import dice_iou
+
+    scores = dice_iou(labels, sample.ground_truth)
+    return statistics.fmean(s["dice"] for v, s in scores.items() if v != sample.background_class)
+
+
+# ----------------------------------------------------------------------------- methods
+def run_rf(sample: Any, labels: np.ndarray, *, seed: int, threads: int) -> dict[str, Any]:
+    from sklearn.ensemble import RandomForestClassifier
+
+    from scribbleseg.core.features import filter_bank
+
+    start = time.perf_counter()
+    features = filter_bank(sample.image[None].astype(np.float32), spacing=sample.spacing)
+    table = features.reshape(len(features), -1).T
+    labelled = labels.ravel() > 0
+    forest = RandomForestClassifier(n_estimators=100, n_jobs=threads, random_state=seed)
+    forest.fit(table[labelled], labels.ravel()[labelled])
+    prediction = forest.predict(table).reshape(labels.shape)
+    seconds = time.perf_counter() - start
+    return {"dice": {"any": foreground_dice(prediction, sample)}, "seconds": seconds}
+
+
+def loss_for(method: str) -> Any:
+    from scribbleseg.core.config import REGULARIZED_WEIGHTS, LossConfig
+
+    default = LossConfig()
+    off = {name: 0.0 for name in REGULARIZED_WEIGHTS}
+    one = {
+        "pce+crf": "crf_weight",
+        "pce+contrastive": "contrastive_weight",
+        "pce+dynamic": "dynamic_crf_weight",
+    }
+    if method in ("pce", "dense"):
+        return replace(default, **off)
+    if method in one:
+        return replace(default, **{**off, one[method]: REGULARIZED_WEIGHTS[one[method]]})
+    if method == "all":
+        return replace(default, **REGULARIZED_WEIGHTS)
+    return default
+
+
+def run_network(
+    sample: Any, labels: np.ndarray, method: str, *, seed: int, budgets: list[float], threads: int
+) -> dict[str, Any]:
+    import torch
+
+    from scribbleseg.core.annotations import labels_to_target
+    from scribbleseg.core.config import TrainConfig
+    from scribbleseg.core.engine import Trainer
+    from scribbleseg.core.inference import predict_probabilities, probabilities_to_labels
+    from scribbleseg.core.volume import ImageSource
+
+    torch.set_num_threads(threads)
+    source = ImageSource(sample.image, spacing=sample.spacing)
+    target = labels_to_target(labels, spacing=sample.spacing, background=sample.background_class)
+    trainer = Trainer(
+        source,
+        target,
+        loss_config=loss_for(method),
+        train_config=TrainConfig(seed=seed, device="cpu", num_threads=threads),
+    )
+    dice: dict[str, float] = {}
+    steps: dict[str, int] = {}
+    trained = 0.0
+    for budget in sorted(budgets):
+        trainer.train_config = replace(trainer.train_config, time_budget=budget - trained)
+        for update in trainer.run():
+            if update.done:
+                trained += update.elapsed
+        probabilities = predict_probabilities(trainer.model, source, device="cpu")
+        prediction = probabilities_to_labels(probabilities, target.class_map.values)
+        dice[f"{budget:g}"] = foreground_dice(prediction, sample)
+        steps[f"{budget:g}"] = trainer.step
+    return {"dice": dice, "steps": steps, "seconds": trained}
+
+
+# ----------------------------------------------------------------------------- bookkeeping
+def run_key(dataset: str, annotation: str, method: str, seed: int) -> str:
+    return f"{dataset}|{annotation}|{method}|{seed}"
+
+
+def load_results(path: Path) -> dict[str, dict[str, Any]]:
+    results = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                results[record["key"]] = record
+    return results
+
+
+def same_as_defaults(method: str) -> bool:
+    """Whether ``method`` trains exactly what ``defaults`` trains (then only ``defaults`` runs)."""
+    from scribbleseg.core.config import LossConfig
+
+    return method in NETWORK_METHODS and method != "defaults" and loss_for(method) == LossConfig()
+
+
+def plan(args: argparse.Namespace) -> Iterable[tuple[str, str, str, int]]:
+    for dataset in args.datasets:
+        for seed in args.seeds:
+            if "dense" in args.methods:
+                yield dataset, "dense", "dense", seed
+            for kind in args.annotations:
+                for density in args.densities:
+                    for method in args.methods:
+                        if method != "dense" and not same_as_defaults(method):
+                            yield dataset, f"{kind}/{density}", method, seed
+
+
+def mean_sd(values: list[float]) -> str:
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
+
+
+def dice_at(record: dict[str, Any], budget: str) -> float:
+    dice = record["dice"]
+    return dice.get(budget, dice.get("any"))
+
+
+def report(results: dict[str, dict[str, Any]], budgets: list[str]) -> str:
+    """Markdown: one table per data set and annotation, then the must-show summary."""
+    by_cell: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
+    for record in results.values():
+        by_cell[(record["dataset"], record["annotation"], record["method"])].append(record)
+    datasets = [d for d in DATASETS if any(k[0] == d for k in by_cell)]
+    lines = [
+        "Mean foreground Dice of the whole-image prediction (mean ± sd over seeds; each seed draws its "
+        "own annotation and trains its own network). Budgets are seconds of training on 2 CPU threads; "
+        "the random forest's column is its whole time (features + fit + prediction).",
+        "",
+    ]
+    summary = [
+        "",
+        f"**Must-show check at {budgets[-1]} s** (`best` = better of RF and partial CE, "
+        "`goal` = best + 0.7 × (dense − best) where dense > best):",
+        "",
+        "| data set | annotation | RF | pCE | best | dense | goal | ScribbleSeg | ≥ best | ≥ goal |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for dataset in datasets:
+        dense = [dice_at(r, budgets[-1]) for r in by_cell.get((dataset, "dense", "dense"), [])]
+        annotations = sorted({k[1] for k in by_cell if k[0] == dataset and k[1] != "dense"})
+        for annotation in annotations:
+            labelled = [r["labelled_percent"] for r in by_cell.get((dataset, annotation, "rf"), [])]
+            note = f", {statistics.fmean(labelled):.2f} % of voxels labelled" if labelled else ""
+            lines += [
+                f"#### {dataset}, {annotation.replace('/', ', ')}{note}",
+                "",
+                "| method | " + " | ".join(f"Dice @ {b} s" for b in budgets) + " | seeds |",
+                "|---|" + "---|" * (len(budgets) + 1),
+            ]
+            for method in METHODS:
+                key = (dataset, "dense" if method == "dense" else annotation, method)
+                records = by_cell.get(key, [])
+                if not records:
+                    continue
+                label = LABELS[method]
+                if method == "defaults" and same_as_defaults("all"):
+                    label += " (= pCE + all three)"
+                cells = []
+                for budget in budgets:
+                    cells.append(mean_sd([dice_at(r, budget) for r in records]))
+                if method == "rf":
+                    seconds = statistics.fmean(r["seconds"] for r in records)
+                    cells = [f"{c} ({seconds:.0f} s)" for c in cells]
+                lines.append(f"| {label} | " + " | ".join(cells) + f" | {len(records)} |")
+            lines.append("")
+
+            def final(method: str, cell: tuple[str, str] = (dataset, annotation)) -> float | None:
+                records = by_cell.get((*cell, method), [])
+                return statistics.fmean(dice_at(r, budgets[-1]) for r in records) if records else None
+
+            rf, pce, ours = final("rf"), final("pce"), final("defaults")
+            if rf is None or pce is None or ours is None:
+                continue
+            best = max(rf, pce)
+            dense_mean = statistics.fmean(dense) if dense else None
+            goal = best + 0.7 * (dense_mean - best) if dense_mean is not None and dense_mean > best else best
+            summary.append(
+                f"| {dataset} | {annotation} | {rf:.3f} | {pce:.3f} | {best:.3f} | "
+                f"{'–' if dense_mean is None else f'{dense_mean:.3f}'} | {goal:.3f} | {ours:.3f} | "
+                f"{'yes' if ours >= best else f'no ({ours - best:+.3f})'} | "
+                f"{'yes' if ours >= goal else f'no ({ours - goal:+.3f})'} |"
+            )
+    return "\n".join(lines + summary) + "\n"
+
+
+def plot(results: dict[str, dict[str, Any]], budgets: list[str], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = sorted({(r["dataset"], r["annotation"]) for r in results.values() if r["annotation"] != "dense"})
+    if not panels:
+        return
+    columns = min(4, len(panels))
+    rows = -(-len(panels) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
+    x = [float(b) for b in budgets]
+    for ax, (dataset, annotation) in zip(axes.flat, panels, strict=False):
+        for method in METHODS:
+            cell = "dense" if method == "dense" else annotation
+            records = [
+                r
+                for r in results.values()
+                if (r["dataset"], r["annotation"], r["method"]) == (dataset, cell, method)
+            ]
+            if not records:
+                continue
+            means = [statistics.fmean(dice_at(r, b) for r in records) for b in budgets]
+            style = {"rf": "k--", "dense": "k:", "defaults": "r-o"}.get(method, "-o")
+            ax.plot(x, means, style, label=LABELS[method].strip("*"), markersize=3)
+        ax.set_title(f"{dataset}, {annotation}", fontsize=9)
+        ax.set_xlabel("training budget (s, 2 CPU threads)", fontsize=8)
+        ax.set_ylabel("foreground Dice", fontsize=8)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(panels) :]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=6)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def write_markdown(path: Path, text: str) -> None:
+    old = path.read_text() if path.exists() else ""
+    start, end = MARKERS
+    block = f"{start}\n{text}{end}"
+    if start in old and end in old:
+        new = old[: old.index(start)] + block + old[old.index(end) + len(end) :]
+    else:
+        new = old.rstrip() + "\n\n## Accuracy (`benchmarks/accuracy.py`)\n\n" + block + "\n"
+    path.write_text(new)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=DATASETS)
+    parser.add_argument("--annotations", nargs="+", default=list(ANNOTATIONS), choices=ANNOTATIONS)
+    parser.add_argument("--densities", nargs="+", default=list(DENSITIES), choices=list(DENSITIES))
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--budgets", nargs="+", type=float, default=[60.0, 180.0], help="seconds of training")
+    parser.add_argument("--threads", type=int, default=2, help="CPU threads for every method")
+    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy.jsonl")
+    parser.add_argument("--rerun", action="store_true", help="run again what the results file already has")
+    parser.add_argument("--report-only", action="store_true", help="only write the tables and the plot")
+    parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "accuracy.png")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+
+    from scribbleseg.samples import load_sample
+
+    args.results.parent.mkdir(parents=True, exist_ok=True)
+    results = load_results(args.results)
+    budgets = [f"{b:g}" for b in sorted(args.budgets)]
+    if not args.report_only:
+        todo = [job for job in plan(args) if args.rerun or run_key(*job) not in results]
+        print(f"{len(todo)} runs to do ({len(results)} already in {args.results})", flush=True)
+        samples = {}
+        for i, (dataset, annotation, method, seed) in enumerate(todo, 1):
+            sample = samples.setdefault(dataset, load_sample(dataset))
+            if annotation == "dense":
+                labels = sample.ground_truth
+            else:
+                kind, density = annotation.split("/")
+                labels = annotate(sample, kind, density, seed)
+            started = time.perf_counter()
+            if method == "rf":
+                outcome = run_rf(sample, labels, seed=seed, threads=args.threads)
+            else:
+                outcome = run_network(
+                    sample, labels, method, seed=seed, budgets=args.budgets, threads=args.threads
+                )
+            record = {
+                "key": run_key(dataset, annotation, method, seed),
+                "dataset": dataset,
+                "annotation": annotation,
+                "method": method,
+                "seed": seed,
+                "labelled_percent": 100.0 * float(np.mean(labels > 0)),
+                "threads": args.threads,
+                "wall": time.perf_counter() - started,
+                **outcome,
+            }
+            results[record["key"]] = record
+            with args.results.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+            dice = ", ".join(f"{k}: {v:.3f}" for k, v in record["dice"].items())
+            print(f"[{i}/{len(todo)}] {record['key']}: Dice {dice} ({record['wall']:.0f} s)", flush=True)
+    text = report(results, budgets)
+    print(text)
+    if args.markdown:
+        write_markdown(args.markdown, text)
+    if args.plot:
+        plot(results, budgets, args.plot)
+        print(f"plot: {args.plot}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
