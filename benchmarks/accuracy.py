@@ -8,9 +8,10 @@ method gets the same annotations and the same CPU threads:
 ``rf``
     ilastik-equivalent pixel classifier: ilastik's default filter bank (``core/features.py``) and a
     scikit-learn random forest of 100 trees. Its time is features + fit + prediction.
-``pce``, ``pce+crf``, ``pce+contrastive``, ``pce+dynamic``, ``all``
-    The default network trained with partial CE only, plus one regularizer each, and all terms
-    (weights from ``config.REGULARIZED_WEIGHTS``): the loss ablation.
+``pce``, ``pce+teacher``, ``pce+crf``, ``pce+contrastive``, ``pce+dynamic``, ``all``
+    The default network trained with partial CE only, plus the forest teacher alone, plus one
+    regularizer each, and all three regularizers (weights from ``config.REGULARIZED_WEIGHTS``,
+    no teacher): the loss ablation.
 ``defaults``
     ScribbleSeg as it ships: ``ModelConfig()``, ``LossConfig()``, ``TrainConfig()``.
 ``dense``
@@ -51,15 +52,16 @@ from _annotate import DENSITIES, simulate_points, simulate_scribbles
 ROOT = Path(__file__).resolve().parent.parent
 DATASETS = ("nuclei2d", "mri3d")
 ANNOTATIONS = ("scribbles", "points")
-NETWORK_METHODS = ("pce", "pce+crf", "pce+contrastive", "pce+dynamic", "all", "defaults")
+NETWORK_METHODS = ("pce", "pce+teacher", "pce+crf", "pce+contrastive", "pce+dynamic", "all", "defaults")
 METHODS = ("rf", *NETWORK_METHODS, "dense")
 LABELS = {
     "rf": "ilastik-equivalent RF",
     "pce": "partial CE only",
+    "pce+teacher": "pCE + forest teacher",
     "pce+crf": "pCE + CRF",
     "pce+contrastive": "pCE + contrastive",
     "pce+dynamic": "pCE + dynamic CRF",
-    "all": "pCE + all three",
+    "all": "pCE + all three regularizers",
     "defaults": "**ScribbleSeg defaults**",
     "dense": "dense labels (upper bound)",
 }
@@ -105,7 +107,8 @@ def loss_for(method: str) -> Any:
     from scribbleseg.core.config import REGULARIZED_WEIGHTS, LossConfig
 
     default = LossConfig()
-    off = {name: 0.0 for name in REGULARIZED_WEIGHTS}
+    # The ablation rows are without the forest teacher; "pce+teacher" adds it alone.
+    off = {name: 0.0 for name in REGULARIZED_WEIGHTS} | {"teacher_weight": 0.0}
     one = {
         "pce+crf": "crf_weight",
         "pce+contrastive": "contrastive_weight",
@@ -113,10 +116,12 @@ def loss_for(method: str) -> Any:
     }
     if method in ("pce", "dense"):
         return replace(default, **off)
+    if method == "pce+teacher":
+        return replace(default, **{**off, "teacher_weight": default.teacher_weight})
     if method in one:
         return replace(default, **{**off, one[method]: REGULARIZED_WEIGHTS[one[method]]})
     if method == "all":
-        return replace(default, **REGULARIZED_WEIGHTS)
+        return replace(default, **{**off, **REGULARIZED_WEIGHTS})
     return default
 
 

@@ -20,7 +20,9 @@ from scribbleseg.core.metrics import dice_iou
 from scribbleseg.core.volume import ImageSource
 from scribbleseg.errors import ConfigError, ScribbleSegError
 
-FAST_LOSS = LossConfig(warmup_steps=1, dynamic_start_step=2, contrastive_samples=256, **REGULARIZED_WEIGHTS)
+FAST_LOSS = LossConfig(
+    warmup_steps=1, dynamic_start_step=2, contrastive_samples=256, teacher_weight=0.0, **REGULARIZED_WEIGHTS
+)
 
 
 def _trainer(image, scribbles, *, channel_axis=None, spacing=None, **train):
@@ -222,7 +224,7 @@ def test_out_of_memory_on_the_gpu_continues_on_the_cpu(blobs2d):
 
 def test_out_of_memory_in_a_preview_skips_it(blobs2d):
     image, scribbles, _ = blobs2d
-    trainer = _trainer(image, scribbles, steps=2, patch_size=(32, 32))
+    trainer = _trainer(image, scribbles, steps=2, patch_size=(32, 32), feature_preview_steps=0)
     trainer.set_preview_region((slice(0, 64), slice(0, 64)))
     _run_out_of_memory_above(trainer, max_elements=2 * 32 * 32)  # training fits, the 96x96 preview not
     updates = list(trainer.run())
@@ -316,3 +318,85 @@ def test_a_failing_step_keeps_the_model_of_the_last_good_step(blobs2d):
 def test_train_config_refuses_values_the_cli_refuses(options, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**options)
+
+
+def test_first_previews_come_from_the_feature_forest_then_from_the_network(blobs2d):
+    image, scribbles, truth = blobs2d
+    trainer = _trainer(image, scribbles, steps=6, feature_preview_steps=3, preview_interval=1e-6)
+    region = (slice(0, 64), slice(0, 80))
+    trainer.set_preview_region(region)
+    previews = [u.preview for u in trainer.run() if u.preview is not None]
+    sources = [p.source for p in previews]
+    # One forest preview (the labels and the view do not change, so it is not redone), then the
+    # network's from step 3 on.
+    assert sources[0] == "features" and sources.count("features") == 1
+    assert {p.step for p in previews if p.source == "network"} == {3, 4, 5, 6}
+    forest = previews[0]
+    assert forest.probabilities.shape == (2, 64, 80)
+    np.testing.assert_allclose(forest.probabilities.sum(axis=0), 1.0, atol=1e-5)
+    # Right at once: the untrained network is not, the forest on filter features is.
+    assert dice_iou(forest.labels, truth)[2]["dice"] > 0.8
+
+
+def test_new_strokes_redo_the_feature_preview(blobs2d):
+    image, scribbles, _ = blobs2d
+    trainer = _trainer(image, scribbles, steps=1)
+    region = (slice(0, 64), slice(0, 80))
+    assert trainer.preview(region).source == "features"
+    assert trainer.preview(region) is None  # nothing changed
+    trainer.add_labels((slice(0, 2), slice(0, 2)), np.ones((2, 2), dtype=np.uint8))
+    list(trainer.run())
+    assert trainer.preview(region).source == "features"
+
+
+def test_feature_preview_needs_two_classes_in_view(blobs2d):
+    image, scribbles, _ = blobs2d
+    one_class = np.where(scribbles == 1, 1, 0).astype(np.uint8)
+    one_class[0, 0] = 2  # the target needs both classes somewhere; the view below has only class 1
+    trainer = _trainer(image, one_class, steps=1)
+    far = np.argwhere(one_class == 1)[0]
+    region = tuple(slice(int(c), int(c) + 1) for c in far)
+    preview = trainer.preview(region)
+    assert preview is not None and preview.source == "network"
+
+
+def test_feature_previews_can_be_switched_off(blobs2d):
+    image, scribbles, _ = blobs2d
+    trainer = _trainer(image, scribbles, steps=1, feature_preview_steps=0)
+    assert trainer.preview((slice(0, 64), slice(0, 80))).source == "network"
+
+
+def test_the_forest_teacher_is_fitted_in_the_background_and_fades_out(blobs2d):
+    image, scribbles, _ = blobs2d
+    loss = replace(FAST_LOSS, teacher_weight=1.0, teacher_steps=40)
+    source = ImageSource(image)
+    trainer = Trainer(
+        source,
+        labels_to_target(scribbles),
+        loss_config=loss,
+        train_config=TrainConfig(device="cpu", seed=0, batch_size=2, steps=60),
+    )
+    updates = list(trainer.run())
+    with_teacher = [u.step for u in updates if "teacher" in u.terms]
+    assert with_teacher, "the teacher never came in"
+    start = with_teacher[0]
+    # On from when it was ready until its weight reached 0, 40 steps later.
+    assert with_teacher == list(range(start, min(start + 40, 61)))
+    assert all(np.isfinite(u.terms["teacher"]) for u in updates if "teacher" in u.terms)
+
+
+def test_stop_does_not_wait_for_the_teacher(blobs2d):
+    image, scribbles, _ = blobs2d
+    big = np.tile(image, (8, 8))  # a 512 x 640 image: the forest takes a while
+    source = ImageSource(big)
+    trainer = Trainer(
+        source,
+        labels_to_target(np.tile(scribbles, (8, 8))),
+        loss_config=replace(FAST_LOSS, teacher_weight=1.0),
+        train_config=TrainConfig(device="cpu", seed=0, batch_size=1, patch_size=(32, 32)),
+    )
+    started = time.perf_counter()
+    for update in trainer.run():
+        if update.step == 3:
+            trainer.stop()
+    assert time.perf_counter() - started < 10

@@ -48,8 +48,10 @@ from scribbleseg.core.losses import (
     partial_dice_loss,
     spatial_kernel_sum,
     supervised_contrastive_loss,
+    teacher_cross_entropy,
 )
 from scribbleseg.core.models import DOWNSAMPLING, ScribbleNet, build_model
+from scribbleseg.core.pixel_classifier import ForestTeacher, feature_preview
 from scribbleseg.core.sampling import PatchSampler
 from scribbleseg.core.volume import ImageSource
 from scribbleseg.errors import ConfigError, ScribbleSegError
@@ -75,12 +77,16 @@ class Preview:
     probabilities : (K, *region) float32 ndarray
     step : int
         Training step the prediction was made after.
+    source : {"network", "features"}
+        Who predicted: the network, or (in the first steps) the random forest on filter features
+        of :mod:`scribbleseg.core.pixel_classifier`.
     """
 
     region: tuple[slice, ...]
     labels: np.ndarray
     probabilities: np.ndarray
     step: int
+    source: Literal["network", "features"] = "network"
 
 
 @dataclass(frozen=True)
@@ -235,6 +241,17 @@ class Trainer:
         self._preview_lock = threading.Lock()
         self._preview_region: tuple[slice, ...] | None = None
         self._preview_due = True
+        self._labels_version = 0
+        self._feature_preview_key: tuple[Any, ...] | None = None
+        # The forest teacher (LossConfig.teacher_weight): the one in use, and one being fitted.
+        self._teacher: ForestTeacher | None = None
+        self._teacher_start_step = 0
+        self._teacher_version = -1
+        self._teacher_started_at = -math.inf
+        self._teacher_failed = False
+        self._teacher_job: tuple[threading.Thread, ForestTeacher, int] | None = None
+        self._teacher_cancel = threading.Event()
+        self._teacher_message: str | None = None
 
     # ----------------------------------------------------------------- control
     def stop(self) -> None:
@@ -297,8 +314,9 @@ class Trainer:
                 reason = "time"
                 break
             self._apply_pending_labels()
+            self._update_teacher()
             norm_state = self._norm_state()
-            message = None
+            message, self._teacher_message = self._teacher_message, None
             try:
                 loss_value, terms = self._train_step()
             except BaseException as exc:
@@ -323,6 +341,7 @@ class Trainer:
                     self._release_memory()
                     message = "out of memory while drawing the preview: it is skipped this time"
             yield record(preview=preview, message=message)
+        self._teacher_cancel.set()  # a forest still being fitted is abandoned (fitted again next run)
         message = None
         if steps_this_run:
             try:
@@ -412,6 +431,7 @@ class Trainer:
             except queue.Empty:
                 return
             self.target.update(pending.region, pending.labels)
+            self._labels_version += 1
             with self._preview_lock:
                 self._preview_due = True
 
@@ -428,6 +448,17 @@ class Trainer:
             self._preview_due = False
         if region is None:
             return None
+        if self.step < self.train_config.feature_preview_steps:
+            key = (region, self._labels_version)
+            if key == self._feature_preview_key:
+                return None  # the same labels in the same view: the same forest, nothing new
+            probabilities = feature_preview(
+                self.source, self.target, region, seed=self.train_config.seed, threads=torch.get_num_threads()
+            )
+            if probabilities is not None:
+                self._feature_preview_key = key
+                labels = probabilities_to_labels(probabilities, self.class_map.values)
+                return Preview(region, labels, probabilities, step=self.step, source="features")
         probabilities = predict_region(
             self.model, self.source, region, halo=self._preview_halo, device=self.device, amp=True
         )
@@ -464,6 +495,61 @@ class Trainer:
                 m.momentum = momentum
             self.model.train(was_training)
 
+    def _teacher_weight(self) -> float:
+        cfg = self.loss_config
+        if cfg.teacher_weight == 0 or self._teacher is None:
+            return 0.0
+        return cfg.teacher_weight * max(0.0, 1.0 - (self.step - self._teacher_start_step) / cfg.teacher_steps)
+
+    def _update_teacher(self) -> None:
+        """Adopt a teacher fitted in the background; start fitting one when labels changed.
+
+        The forest is fitted in its own thread while the network trains, so neither the first
+        steps nor Stop wait for it. It is refitted on new labels at most every 30 s, and only
+        while its weight has not faded out.
+        """
+        cfg = self.loss_config
+        if cfg.teacher_weight == 0:
+            return
+        job = self._teacher_job
+        if job is not None:
+            thread, teacher, version = job
+            if thread.is_alive():
+                return
+            self._teacher_job = None
+            if teacher.error is not None:
+                self._teacher_failed = True
+                self._teacher_message = (
+                    f"the instant feature classifier failed ({type(teacher.error).__name__}: "
+                    f"{teacher.error}); training goes on without it"
+                )
+            if teacher.probabilities is not None:
+                if self._teacher is None:
+                    self._teacher_start_step = self.step
+                self._teacher = teacher
+            if not teacher.abandoned:  # else fit again (a Stop or the end of a run abandoned it)
+                self._teacher_version = version
+        fading_done = self._teacher is not None and self._teacher_weight() == 0
+        up_to_date = self._teacher_version == self._labels_version
+        recent = time.perf_counter() - self._teacher_started_at < 30.0
+        if fading_done or up_to_date or (self._teacher is not None and recent) or self._teacher_failed:
+            return
+        teacher = ForestTeacher(
+            self.source,
+            self.target,
+            seed=self.train_config.seed,
+            threads=torch.get_num_threads(),
+            should_stop=self._teacher_cancel.is_set,
+        )
+        if not teacher.available:
+            self._teacher_failed = True  # too large: no teacher for this image
+            return
+        self._teacher_cancel.clear()
+        self._teacher_started_at = time.perf_counter()
+        thread = threading.Thread(target=teacher.fit_in_background, name="scribbleseg-teacher", daemon=True)
+        self._teacher_job = (thread, teacher, self._labels_version)
+        thread.start()
+
     def _regularizer_ramp(self) -> float:
         warmup = self.loss_config.warmup_steps
         if warmup == 0:
@@ -472,7 +558,8 @@ class Trainer:
 
     def _train_step(self) -> tuple[float, Mapping[str, float]]:
         cfg = self.loss_config
-        batch = self.sampler.sample()
+        teacher_weight = self._teacher_weight()
+        batch = self.sampler.sample(self._teacher if teacher_weight > 0 else None)
         image = torch.from_numpy(batch.image).to(self.device, non_blocking=True)
         target = torch.from_numpy(batch.target).to(self.device, non_blocking=True)
         valid = torch.from_numpy(batch.valid).to(self.device, non_blocking=True)
@@ -490,6 +577,10 @@ class Trainer:
         if cfg.dice_weight > 0:
             terms["dice"] = partial_dice_loss(logits, target)
             total = total + cfg.dice_weight * terms["dice"]
+        if batch.teacher is not None:
+            soft = torch.from_numpy(batch.teacher).to(self.device, non_blocking=True)
+            terms["teacher"] = teacher_cross_entropy(logits, soft, target, valid)
+            total = total + teacher_weight * terms["teacher"]
         if want_contrastive:
             # The projection head runs only on the sampled labelled voxels, not on the whole patch.
             generator = self._generator if self.device.type == "cpu" else None

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -32,11 +33,15 @@ class PatchBatch:
         Class indices, ``IGNORE_INDEX`` where unlabelled or outside the image.
     valid : (B, *P) bool ndarray
         False where the patch extends beyond the image (padding).
+    teacher : (B, K, *P) float32 ndarray or None
+        Soft labels of a :class:`~scribbleseg.core.pixel_classifier.ForestTeacher`, when the
+        sampler has one (0 where it has none).
     """
 
     image: np.ndarray
     target: np.ndarray
     valid: np.ndarray
+    teacher: np.ndarray | None = None
 
 
 class PatchSampler:
@@ -115,23 +120,26 @@ class PatchSampler:
             slice(int(c) - p // 2, int(c) - p // 2 + p) for c, p in zip(centre, self.patch_size, strict=True)
         )
 
-    def sample(self) -> PatchBatch:
-        """Draw one batch."""
-        images, targets, valids = [], [], []
+    def sample(self, teacher: Any | None = None) -> PatchBatch:
+        """Draw one batch; with ``teacher`` (has ``read(region) -> (K, *P)``), its soft labels too."""
+        images, targets, valids, soft = [], [], [], []
         for _ in range(self.batch_size):
             region = self.region_around(self._centre())
             image = self.source.read(region)
             target = self.target.read(region)
             valid = self._inside_image(region)
+            extra = teacher.read(region) if teacher is not None else None
             if self.augment:
-                image, target, valid = self._augment(image, target, valid)
+                image, target, valid, extra = self._augment(image, target, valid, extra)
             images.append(image)
             targets.append(target)
             valids.append(valid)
+            soft.append(extra)
         return PatchBatch(
             image=np.ascontiguousarray(np.stack(images), dtype=np.float32),
             target=np.ascontiguousarray(np.stack(targets), dtype=np.int64),
             valid=np.ascontiguousarray(np.stack(valids)),
+            teacher=None if teacher is None else np.ascontiguousarray(np.stack(soft), dtype=np.float32),
         )
 
     def _inside_image(self, region: tuple[slice, ...]) -> np.ndarray:
@@ -144,21 +152,23 @@ class PatchSampler:
         return valid
 
     def _augment(
-        self, image: np.ndarray, target: np.ndarray, valid: np.ndarray
-    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        self, image: np.ndarray, target: np.ndarray, valid: np.ndarray, teacher: np.ndarray | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         ndim = target.ndim
         for axis in range(ndim):
             if self.rng.random() < 0.5:
                 image = np.flip(image, axis + 1)
                 target = np.flip(target, axis)
                 valid = np.flip(valid, axis)
+                teacher = None if teacher is None else np.flip(teacher, axis + 1)
         if self._can_rotate:
             k = int(self.rng.integers(4))
             if k:
                 image = np.rot90(image, k, axes=(-2, -1))
                 target = np.rot90(target, k, axes=(-2, -1))
                 valid = np.rot90(valid, k, axes=(-2, -1))
+                teacher = None if teacher is None else np.rot90(teacher, k, axes=(-2, -1))
         scale = 1.0 + 0.1 * self.rng.standard_normal()
         shift = 0.05 * self.rng.standard_normal()
         image = image * np.float32(scale) + np.float32(shift)
-        return image, target, valid
+        return image, target, valid, teacher

@@ -87,6 +87,7 @@ class TrainingPanel(QWidget):
         self.status.setWordWrap(True)
         self.history = LossHistory()
         self._first_step: int | None = None
+        self._preview_source = "network"
         self.loss_plot = LossPlot(self.history)
         buttons = QGridLayout()
         buttons.addWidget(self.train_button, 0, 0)
@@ -106,6 +107,7 @@ class TrainingPanel(QWidget):
     def start_run(self) -> None:
         """Begin a run: the speed is counted from its first step."""
         self._first_step = None
+        self._preview_source = "network"
         self.show_message("starting…")
 
     def show_update(self, update: TrainUpdate) -> None:
@@ -117,6 +119,11 @@ class TrainingPanel(QWidget):
         speed = steps / update.elapsed if update.elapsed > 0 else 0.0
         state = {"stopped": "stopped", "steps": "done", "time": "time is up"}.get(update.reason or "", "")
         suffix = f" - {state}" if update.done and state else ""
+        if update.preview is not None:
+            self._preview_source = update.preview.source
+        if self._preview_source == "features" and not update.done:
+            # The first previews come from a random forest on filter features (core/pixel_classifier).
+            suffix += "   preview: instant feature classifier"
         self.status.setText(
             f"step {update.step}   loss {update.loss:.4f}   {update.labelled_voxels:,} labelled voxels"
             + (f"   {speed:.1f} steps/s" if not update.done else "")

@@ -1,6 +1,7 @@
 """Training losses for sparse scribble labels.
 
 - :func:`partial_cross_entropy`, :func:`partial_dice_loss`: supervised terms on labelled voxels only.
+- :func:`teacher_cross_entropy`: soft labels of a feature-based teacher on the unlabelled voxels.
 - :func:`supervised_contrastive_loss`: local SupCon among the labelled voxels of each patch.
 - :func:`crf_loss`: dense-CRF (Potts) regulariser over a local window, O(K × N) memory;
   :func:`crf_loss_unfold` is its naive, window-materialising reference.
@@ -10,7 +11,12 @@ from __future__ import annotations
 
 from scribbleseg.core.losses.contrastive import balanced_sample, supervised_contrastive_loss
 from scribbleseg.core.losses.crf import SPATIAL_WEIGHT_CUTOFF, crf_loss, crf_loss_unfold, spatial_kernel_sum
-from scribbleseg.core.losses.partial import IGNORE_INDEX, partial_cross_entropy, partial_dice_loss
+from scribbleseg.core.losses.partial import (
+    IGNORE_INDEX,
+    partial_cross_entropy,
+    partial_dice_loss,
+    teacher_cross_entropy,
+)
 
 __all__ = [
     "IGNORE_INDEX",
@@ -22,4 +28,5 @@ __all__ = [
     "partial_dice_loss",
     "spatial_kernel_sum",
     "supervised_contrastive_loss",
+    "teacher_cross_entropy",
 ]

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["IGNORE_INDEX", "partial_cross_entropy", "partial_dice_loss"]
+__all__ = ["IGNORE_INDEX", "partial_cross_entropy", "partial_dice_loss", "teacher_cross_entropy"]
 
 #: Target value of unlabelled voxels.
 IGNORE_INDEX: int = -1
@@ -139,3 +139,32 @@ def partial_dice_loss(logits: Tensor, target: Tensor, *, smooth: float = 1e-5) -
     dice = (2.0 * intersection + smooth) / (denominator + smooth)
     present = one_hot.sum(dim=0) > 0
     return (1.0 - dice)[present].mean()
+
+
+def teacher_cross_entropy(
+    logits: torch.Tensor, teacher: torch.Tensor, target: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
+    """Cross-entropy towards a teacher's soft labels on unlabelled voxels, weighted by its confidence.
+
+    Parameters
+    ----------
+    logits : (B, K, *S) Tensor
+    teacher : (B, K, *S) Tensor
+        Teacher probabilities (all 0 where it has none).
+    target : (B, *S) int64 Tensor
+        ``IGNORE_INDEX`` where unlabelled: only those voxels count (labelled ones have pCE).
+    valid : (B, *S) bool Tensor
+        False on padding.
+
+    Returns
+    -------
+    Tensor
+        Scalar: ``sum_v w_v * CE(teacher_v, softmax(logits)_v) / sum_v w_v`` with the confidence
+        ``w_v = (max_k teacher_vk - 1/K) / (1 - 1/K)`` (0 for a uniform or missing teacher); 0 when
+        no voxel has weight.
+    """
+    num_classes = logits.shape[1]
+    confidence = (teacher.amax(dim=1) - 1.0 / num_classes) / (1.0 - 1.0 / num_classes)
+    weight = confidence.clamp_min(0.0) * ((target == IGNORE_INDEX) & valid)
+    cross_entropy = -(teacher * torch.log_softmax(logits, dim=1)).sum(dim=1)
+    return (weight * cross_entropy).sum() / weight.sum().clamp_min(1.0)
