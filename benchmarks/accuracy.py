@@ -202,9 +202,14 @@ def mean_sd(values: list[float]) -> str:
     return f"{statistics.fmean(values):.3f} ± {statistics.stdev(values):.3f}"
 
 
-def dice_at(record: dict[str, Any], budget: str) -> float:
+def dice_at(record: dict[str, Any], budget: str) -> float | None:
+    """Dice of a run at ``budget`` (the forest's at any budget); None if it was not evaluated then."""
     dice = record["dice"]
     return dice.get(budget, dice.get("any"))
+
+
+def values_at(records: list[dict[str, Any]], budget: str) -> list[float]:
+    return [v for v in (dice_at(r, budget) for r in records) if v is not None]
 
 
 def report(results: dict[str, dict[str, Any]], budgets: list[str]) -> str:
@@ -228,7 +233,7 @@ def report(results: dict[str, dict[str, Any]], budgets: list[str]) -> str:
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for dataset in datasets:
-        dense = [dice_at(r, budgets[-1]) for r in by_cell.get((dataset, "dense", "dense"), [])]
+        dense = values_at(by_cell.get((dataset, "dense", "dense"), []), budgets[-1])
         annotations = sorted({k[1] for k in by_cell if k[0] == dataset and k[1] != "dense"})
         for annotation in annotations:
             labelled = [r["labelled_percent"] for r in by_cell.get((dataset, annotation, "rf"), [])]
@@ -249,16 +254,17 @@ def report(results: dict[str, dict[str, Any]], budgets: list[str]) -> str:
                     label += " (= pCE + all three)"
                 cells = []
                 for budget in budgets:
-                    cells.append(mean_sd([dice_at(r, budget) for r in records]))
+                    cells.append(mean_sd(values_at(records, budget)))
                 if method == "rf":
                     seconds = statistics.fmean(r["seconds"] for r in records)
                     cells = [f"{c} ({seconds:.0f} s)" for c in cells]
-                lines.append(f"| {label} | " + " | ".join(cells) + f" | {len(records)} |")
+                seeds = ", ".join(str(r["seed"]) for r in sorted(records, key=lambda r: r["seed"]))
+                lines.append(f"| {label} | " + " | ".join(cells) + f" | {seeds} |")
             lines.append("")
 
             def final(method: str, cell: tuple[str, str] = (dataset, annotation)) -> float | None:
-                records = by_cell.get((*cell, method), [])
-                return statistics.fmean(dice_at(r, budgets[-1]) for r in records) if records else None
+                values = values_at(by_cell.get((*cell, method), []), budgets[-1])
+                return statistics.fmean(values) if values else None
 
             rf, pce, ours = final("rf"), final("pce"), final("defaults")
             if rf is None or pce is None or ours is None:
@@ -287,7 +293,6 @@ def plot(results: dict[str, dict[str, Any]], budgets: list[str], path: Path) -> 
     columns = min(4, len(panels))
     rows = -(-len(panels) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
-    x = [float(b) for b in budgets]
     for ax, (dataset, annotation) in zip(axes.flat, panels, strict=False):
         for method in METHODS:
             cell = "dense" if method == "dense" else annotation
@@ -298,9 +303,12 @@ def plot(results: dict[str, dict[str, Any]], budgets: list[str], path: Path) -> 
             ]
             if not records:
                 continue
-            means = [statistics.fmean(dice_at(r, b) for r in records) for b in budgets]
+            points = [(float(b), values_at(records, b)) for b in budgets]
+            points = [(x, statistics.fmean(v)) for x, v in points if v]
+            if not points:
+                continue
             style = {"rf": "k--", "dense": "k:", "defaults": "r-o"}.get(method, "-o")
-            ax.plot(x, means, style, label=LABELS[method].strip("*"), markersize=3)
+            ax.plot(*zip(*points, strict=True), style, label=LABELS[method].strip("*"), markersize=3)
         ax.set_title(f"{dataset}, {annotation}", fontsize=9)
         ax.set_xlabel("training budget (s, 2 CPU threads)", fontsize=8)
         ax.set_ylabel("foreground Dice", fontsize=8)

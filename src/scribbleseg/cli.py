@@ -168,6 +168,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="W",
         help=f"weight of the deep-feature CRF loss (0 = off; default {defaults.dynamic_crf_weight})",
     )
+    train.add_argument(
+        "--teacher-weight",
+        type=_non_negative,
+        default=defaults.teacher_weight,
+        metavar="W",
+        help="weight of the soft labels of a random forest on filter features, fading out over "
+        f"{defaults.teacher_steps} steps (0 = off; default {defaults.teacher_weight})",
+    )
     train.add_argument("--background-class", type=int, metavar="K", help="class value that is background")
     train.add_argument("--quiet", action="store_true", help="no progress lines")
     train.set_defaults(func=_cmd_train)
@@ -334,6 +342,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         contrastive_weight=args.contrastive_weight,
         crf_weight=args.crf_weight,
         dynamic_crf_weight=args.dynamic_crf_weight,
+        teacher_weight=args.teacher_weight,
     )
     target = labels_to_target(
         labels,

@@ -57,8 +57,9 @@ class SettingsPanel(QWidget):
         Up front.
     advanced : magicgui Container
         ``patch_size``, ``batch_size``, ``learning_rate``, ``contrastive_weight``, ``crf_weight``,
-        ``dynamic_crf_weight``, ``dice_weight``, ``point_radius``, ``max_steps``,
-        ``max_seconds``, ``preview_interval``, ``seed``; shown by unfolding "Advanced".
+        ``dynamic_crf_weight``, ``dice_weight``, ``teacher_weight``, ``point_radius``, ``max_steps``,
+        ``max_seconds``, ``preview_interval``, ``feature_preview_steps``, ``seed``; shown by unfolding
+        "Advanced".
     """
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -95,11 +96,15 @@ class SettingsPanel(QWidget):
             _LOSS.dynamic_crf_weight, "weight of the CRF loss on the network's own features"
         )
         self.dice_weight = _weight(_LOSS.dice_weight, "weight of the Dice loss on scribbled voxels")
+        self.teacher_weight = _weight(
+            _LOSS.teacher_weight, "weight of the soft labels of a random forest on filter features (0 = off)"
+        )
         for widget, label in (
             (self.contrastive_weight, "contrastive weight"),
             (self.crf_weight, "CRF weight"),
             (self.dynamic_crf_weight, "dynamic CRF weight"),
             (self.dice_weight, "Dice weight"),
+            (self.teacher_weight, "forest teacher weight"),
         ):
             widget.label = label
         self.point_radius = FloatSpinBox(
@@ -114,6 +119,13 @@ class SettingsPanel(QWidget):
         self.preview_interval = FloatSpinBox(
             label="preview every (s)", value=_TRAIN.preview_interval, min=0.1, max=600.0, step=0.5
         )
+        self.feature_preview_steps = SpinBox(
+            label="feature previews until step",
+            value=_TRAIN.feature_preview_steps,
+            min=0,
+            max=10_000_000,
+            tooltip="first previews from a random forest on filter features (instant); 0 = network only",
+        )
         self.seed = SpinBox(label="seed", value=_TRAIN.seed, min=0, max=2**31 - 1)
         self.advanced = Container(
             widgets=[
@@ -124,10 +136,12 @@ class SettingsPanel(QWidget):
                 self.crf_weight,
                 self.dynamic_crf_weight,
                 self.dice_weight,
+                self.teacher_weight,
                 self.point_radius,
                 self.max_steps,
                 self.max_seconds,
                 self.preview_interval,
+                self.feature_preview_steps,
                 self.seed,
             ],
             labels=True,
@@ -181,6 +195,7 @@ class SettingsPanel(QWidget):
             crf_weight=self.crf_weight.value,
             dynamic_crf_weight=self.dynamic_crf_weight.value,
             dice_weight=self.dice_weight.value,
+            teacher_weight=self.teacher_weight.value,
         )
         train = dataclasses.replace(
             base.train,
@@ -194,6 +209,7 @@ class SettingsPanel(QWidget):
             device=self.device.value,
             num_threads=num_threads if num_threads is not None else ui_thread_count(),
             preview_interval=self.preview_interval.value,
+            feature_preview_steps=self.feature_preview_steps.value,
         )
         return Configs(model, loss, train)
 
@@ -220,10 +236,12 @@ class SettingsPanel(QWidget):
             (self.crf_weight, loss.crf_weight),
             (self.dynamic_crf_weight, loss.dynamic_crf_weight),
             (self.dice_weight, loss.dice_weight),
+            (self.teacher_weight, loss.teacher_weight),
             (self.point_radius, train.point_radius),
             (self.max_steps, train.steps or 0),
             (self.max_seconds, train.time_budget or 0.0),
             (self.preview_interval, train.preview_interval),
+            (self.feature_preview_steps, train.feature_preview_steps),
             (self.seed, train.seed),
         ):
             shown = min(max(value, widget.min), widget.max)
