@@ -325,6 +325,7 @@ class Trainer:
                 self._restore_norm_state(norm_state)
                 if not isinstance(exc, torch.OutOfMemoryError):
                     self.model.eval()  # as after a normal run
+                    self._teacher_cancel.set()
                     raise
                 message = self._recover_from_out_of_memory()
             if message is not None:

@@ -196,7 +196,7 @@ class ForestTeacher:
         if not self.available:
             return False
         rng = np.random.default_rng(self.seed)
-        tables, classes, cache = [], [], {}
+        tables, classes, positions, cache = [], [], [], {}
         for block in self._blocks():
             labels = self.target.read(block)
             labelled = np.flatnonzero(labels != IGNORE_INDEX)
@@ -209,9 +209,14 @@ class ForestTeacher:
             cache = {_key(block): features}  # the last block is reused by the prediction (often the only one)
             tables.append(features.reshape(len(features), -1)[:, labelled].T)
             classes.append(labels.ravel()[labelled])
+            grid = np.unravel_index(labelled, labels.shape)
+            where = tuple(g + s.start for g, s in zip(grid, block, strict=True))
+            positions.append(np.ravel_multi_index(where, self.source.spatial_shape))
         if not tables:
             return False
-        table, values = np.concatenate(tables), np.concatenate(classes)
+        # In image order, so the forest does not depend on the block shape.
+        order = np.argsort(np.concatenate(positions), kind="stable")
+        table, values = np.concatenate(tables)[order], np.concatenate(classes)[order]
         if len(np.unique(values)) < 2:
             return False
         if len(values) > _MAX_TRAINING_VOXELS * 4:
