@@ -331,6 +331,10 @@ def write_markdown(path: Path, text: str) -> None:
     path.write_text(new)
 
 
+def _path_or_none(value: str) -> Path | None:
+    return Path(value) if value else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -345,8 +349,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy.jsonl")
     parser.add_argument("--rerun", action="store_true", help="run again what the results file already has")
     parser.add_argument("--report-only", action="store_true", help="only write the tables and the plot")
-    parser.add_argument("--markdown", type=Path, default=ROOT / "docs" / "benchmarks.md")
-    parser.add_argument("--plot", type=Path, default=ROOT / "docs" / "accuracy.png")
+    parser.add_argument(
+        "--markdown", type=_path_or_none, default=ROOT / "docs" / "benchmarks.md", help="'' = do not write"
+    )
+    parser.add_argument(
+        "--plot", type=_path_or_none, default=ROOT / "docs" / "accuracy.png", help="'' = no plot"
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
 
