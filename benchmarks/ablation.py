@@ -31,13 +31,13 @@ from scribbleseg.samples import load_sample
 
 DEFAULT = LossConfig()
 ON = REGULARIZED_WEIGHTS
-OFF = {name: 0.0 for name in ON}
+OFF = {name: 0.0 for name in ON} | {"teacher_weight": 0.0}  # the forest teacher off too
 VARIANTS = {
     "pCE only": replace(DEFAULT, **OFF),
     "pCE + CRF": replace(DEFAULT, **{**OFF, "crf_weight": ON["crf_weight"]}),
     "pCE + contrastive": replace(DEFAULT, **{**OFF, "contrastive_weight": ON["contrastive_weight"]}),
     "pCE + dynamic CRF": replace(DEFAULT, **{**OFF, "dynamic_crf_weight": ON["dynamic_crf_weight"]}),
-    "all": replace(DEFAULT, **ON),
+    "all": replace(DEFAULT, **{**OFF, **ON}),
 }
 
 
