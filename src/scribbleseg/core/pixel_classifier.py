@@ -76,11 +76,7 @@ def feature_preview(
         slice(max(0, s.start or 0), min(n, s.stop if s.stop is not None else n))
         for s, n in zip(region, shape, strict=True)
     )
-    halo = filter_halo(spec, source.spacing)
-    # Read the context from inside the image only (features reflect at its border themselves).
-    context = tuple(
-        slice(max(0, s.start - h), min(n, s.stop + h)) for s, h, n in zip(region, halo, shape, strict=True)
-    )
+    context, crop = _context(region, filter_halo(spec, source.spacing), shape)
     labels = target.read(context)
     labelled = labels != IGNORE_INDEX
     present = np.unique(labels[labelled])
@@ -94,11 +90,24 @@ def feature_preview(
     table = features.reshape(len(features), -1)
     forest = RandomForestClassifier(n_estimators=trees, n_jobs=threads, random_state=seed)
     forest.fit(table[:, coords].T, labels.ravel()[coords])
-    crop = tuple(slice(s.start - c.start, s.stop - c.start) for s, c in zip(region, context, strict=True))
     inside = features[(slice(None), *crop)].reshape(len(features), -1).T
     probabilities = np.zeros((target.num_classes, inside.shape[0]), dtype=np.float32)
     probabilities[forest.classes_] = forest.predict_proba(inside).T
     return probabilities.reshape(target.num_classes, *(s.stop - s.start for s in region))
+
+
+def _context(
+    region: Sequence[slice], halo: Sequence[int], shape: Sequence[int]
+) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """Grow ``region`` by ``halo`` within the image; return it and where ``region`` lies inside it.
+
+    The context stays inside the image: the filters reflect at its border themselves.
+    """
+    context = tuple(
+        slice(max(0, s.start - h), min(n, s.stop + h)) for s, h, n in zip(region, halo, shape, strict=True)
+    )
+    crop = tuple(slice(s.start - c.start, s.stop - c.start) for s, c in zip(region, context, strict=True))
+    return context, crop
 
 
 def _key(block: tuple[slice, ...]) -> tuple[tuple[int, int], ...]:
@@ -181,12 +190,8 @@ class ForestTeacher:
 
     def _features(self, block: tuple[slice, ...]) -> np.ndarray:
         halo = filter_halo(self.spec, self.source.spacing)
-        shape = self.source.spatial_shape
-        context = tuple(
-            slice(max(0, s.start - h), min(n, s.stop + h)) for s, h, n in zip(block, halo, shape, strict=True)
-        )
+        context, crop = _context(block, halo, self.source.spatial_shape)
         features = filter_bank(self.source.read(context), spacing=self.source.spacing, spec=self.spec)
-        crop = tuple(slice(s.start - c.start, s.stop - c.start) for s, c in zip(block, context, strict=True))
         return features[(slice(None), *crop)]
 
     def fit(self) -> bool:
