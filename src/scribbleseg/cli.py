@@ -68,6 +68,16 @@ def _non_negative(text: str) -> float:
     return value
 
 
+def _decay(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -104,7 +114,7 @@ def _positive_float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     """Build the argument parser of the ``scribbleseg`` command."""
-    from scribbleseg.core.config import LossConfig
+    from scribbleseg.core.config import LossConfig, TrainConfig
 
     defaults = LossConfig()
     parser = _Parser(
@@ -175,6 +185,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="W",
         help="weight of the soft labels of a random forest on filter features, fading out over "
         f"{defaults.teacher_steps} steps (0 = off; default {defaults.teacher_weight})",
+    )
+    train.add_argument(
+        "--weight-average",
+        type=_decay,
+        default=TrainConfig.weight_average,
+        metavar="D",
+        help="decay of the moving average of the weights that is saved and used for prediction "
+        f"(0 = off; default {TrainConfig.weight_average})",
     )
     train.add_argument("--background-class", type=int, metavar="K", help="class value that is background")
     train.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -329,7 +347,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     points = point_classes = None
     if args.points:
         points, point_classes = read_points_csv(args.points, ndim=spatial_dims)
-    train_options: dict[str, Any] = {"seed": args.seed, "device": args.device}
+    train_options: dict[str, Any] = {
+        "seed": args.seed,
+        "device": args.device,
+        "weight_average": args.weight_average,
+    }
     if args.steps is None and args.time_budget is None:
         train_options["time_budget"] = 120.0
     else:

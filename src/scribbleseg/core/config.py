@@ -261,6 +261,13 @@ class TrainConfig(_DictMixin):
         filter features fitted on the labels in view (:mod:`scribbleseg.core.pixel_classifier`):
         right within about a second, while the network is still untrained. 0 = network previews
         only.
+    weight_average : float
+        Decay of the exponential moving average of the weights (0 = off). Previews, and the model
+        after a run (prediction, saving), use the averaged weights; training goes on from the
+        raw ones. The decay ramps up as ``min(weight_average, (1 + n) / (10 + n))`` with ``n`` the
+        steps since the start or since labels last changed, so early steps and new strokes are not
+        held back. Averaging evens out the step-to-step swings of training on sparse labels
+        (``docs/benchmarks.md``).
     """
 
     steps: int | None = None
@@ -277,6 +284,7 @@ class TrainConfig(_DictMixin):
     num_threads: int | None = None
     preview_interval: float = 2.0
     feature_preview_steps: int = 300
+    weight_average: float = 0.99
 
     def __post_init__(self) -> None:
         if self.steps is not None:
@@ -293,6 +301,9 @@ class TrainConfig(_DictMixin):
             _check(all(p >= 16 and p % 16 == 0 for p in patch), "patch_size entries must be multiples of 16")
         if self.batch_size is not None:
             _check(1 <= int(self.batch_size) <= 256, f"batch_size must be in [1, 256], got {self.batch_size}")
+        average = float(self.weight_average)
+        _check(0.0 <= average < 1.0, f"weight_average must be in [0, 1), got {self.weight_average}")
+        object.__setattr__(self, "weight_average", average)
         rate, decay = float(self.learning_rate), float(self.weight_decay)
         _check(math.isfinite(rate) and rate > 0, f"learning_rate must be a finite number > 0, got {rate}")
         _check(math.isfinite(decay) and decay >= 0, f"weight_decay must be a finite number >= 0, got {decay}")

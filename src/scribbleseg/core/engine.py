@@ -13,6 +13,7 @@ thread. New labels are applied, and a stop is honoured, between two steps.
 
 from __future__ import annotations
 
+import copy
 import math
 import queue
 import threading
@@ -196,6 +197,11 @@ class Trainer:
         if init_model is not None:
             self._warm_start(init_model)
         self.model.to(self.device)
+        # TrainConfig.weight_average: the averaged weights, and the raw ones training resumes from
+        # while ``self.model`` holds the average between runs.
+        self._average: ScribbleNet | None = copy.deepcopy(self.model) if train.weight_average > 0 else None
+        self._raw_weights: dict[str, torch.Tensor] | None = None
+        self._average_start = 0  # the average starts again when labels change
 
         patch = train.patch_size or default_patch_size(source.spatial_shape, source.spacing)
         if len(patch) != spatial_dims:
@@ -289,6 +295,7 @@ class Trainer:
         clock = _Clock()
         last_preview = -math.inf
         steps_this_run = 0
+        self._resume_raw_weights()
         self.model.train()
         loss_value, terms = math.nan, MappingProxyType({})
 
@@ -333,6 +340,7 @@ class Trainer:
                 continue
             self.step += 1
             steps_this_run += 1
+            self._update_average()
             preview = None
             if not self._stop.is_set() and self._want_preview(clock.elapsed() - last_preview):
                 last_preview = clock.elapsed()
@@ -344,6 +352,7 @@ class Trainer:
             yield record(preview=preview, message=message)
         self._teacher_cancel.set()  # a forest still being fitted is abandoned (fitted again next run)
         message = None
+        self._adopt_average()
         if steps_this_run:
             try:
                 # After a Stop, fewer passes: the user is waiting (Stop within a second).
@@ -354,6 +363,36 @@ class Trainer:
         self.seconds += clock.elapsed()
         self.model.eval()
         yield record(done=True, reason=reason, message=message)
+
+    # ------------------------------------------------------------ weight average
+    @torch.no_grad()
+    def _update_average(self) -> None:
+        """Move the averaged weights towards the current ones (TrainConfig.weight_average)."""
+        if self._average is None:
+            return
+        n = self.step - self._average_start
+        decay = min(self.train_config.weight_average, (1 + n) / (10 + n))
+        for averaged, current in zip(self._average.parameters(), self.model.parameters(), strict=True):
+            averaged.lerp_(current.detach(), 1.0 - decay)
+        for averaged, current in zip(self._average.buffers(), self.model.buffers(), strict=True):
+            averaged.copy_(current)  # batch-norm statistics: the latest (recalibrated after a run)
+
+    def _adopt_average(self) -> None:
+        """At the end of a run, put the averaged weights into ``self.model``; keep the raw ones."""
+        if self._average is None or self.step == 0 or self._raw_weights is not None:
+            return
+        self._raw_weights = {name: value.detach().clone() for name, value in self.model.state_dict().items()}
+        self.model.load_state_dict(self._average.state_dict())
+
+    def _resume_raw_weights(self) -> None:
+        """At the start of a run, train on from the raw weights (the optimizer's state is theirs)."""
+        if self._raw_weights is None:
+            return
+        assert self._average is not None
+        # The averaged model keeps the batch-norm statistics recalibrated for it after the last run.
+        self._average.load_state_dict(self.model.state_dict())
+        self.model.load_state_dict(self._raw_weights)
+        self._raw_weights = None
 
     def _norm_state(self) -> list[torch.Tensor]:
         """Return copies of the batch-norm buffers (a few kB), to undo a failed step's forward pass."""
@@ -417,6 +456,10 @@ class Trainer:
     def _move_to(self, device: torch.device) -> None:
         """Move the network and the optimizer state to ``device`` (e.g. the CPU after a GPU OOM)."""
         self.model.to(device)
+        if self._average is not None:
+            self._average.to(device)
+        if self._raw_weights is not None:
+            self._raw_weights = {name: value.to(device) for name, value in self._raw_weights.items()}
         for state in self.optimizer.state.values():
             for key, value in state.items():
                 if isinstance(value, torch.Tensor) and key != "step":
@@ -433,6 +476,9 @@ class Trainer:
                 return
             self.target.update(pending.region, pending.labels)
             self._labels_version += 1
+            # New strokes must show in the preview within a few steps, not after the average's
+            # horizon (about 100 steps): the average starts again from the current weights.
+            self._average_start = self.step
             with self._preview_lock:
                 self._preview_due = True
 
@@ -461,7 +507,12 @@ class Trainer:
                 labels = probabilities_to_labels(probabilities, self.class_map.values)
                 return Preview(region, labels, probabilities, step=self.step, source="features")
         probabilities = predict_region(
-            self.model, self.source, region, halo=self._preview_halo, device=self.device, amp=True
+            self._average if self._average is not None and self._raw_weights is None else self.model,
+            self.source,
+            region,
+            halo=self._preview_halo,
+            device=self.device,
+            amp=True,
         )
         labels = probabilities_to_labels(probabilities, self.class_map.values)
         return Preview(region=region, labels=labels, probabilities=probabilities, step=self.step)

@@ -58,8 +58,8 @@ class SettingsPanel(QWidget):
     advanced : magicgui Container
         ``patch_size``, ``batch_size``, ``learning_rate``, ``contrastive_weight``, ``crf_weight``,
         ``dynamic_crf_weight``, ``dice_weight``, ``teacher_weight``, ``point_radius``, ``max_steps``,
-        ``max_seconds``, ``preview_interval``, ``feature_preview_steps``, ``seed``; shown by unfolding
-        "Advanced".
+        ``max_seconds``, ``preview_interval``, ``feature_preview_steps``, ``weight_average``,
+        ``seed``; shown by unfolding "Advanced".
     """
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -126,6 +126,14 @@ class SettingsPanel(QWidget):
             max=10_000_000,
             tooltip="first previews from a random forest on filter features (instant); 0 = network only",
         )
+        self.weight_average = FloatSpinBox(
+            label="weight average decay",
+            value=_TRAIN.weight_average,
+            min=0.0,
+            max=0.999,
+            step=0.001,
+            tooltip="exponential moving average of the weights used for previews and prediction; 0 = off",
+        )
         self.seed = SpinBox(label="seed", value=_TRAIN.seed, min=0, max=2**31 - 1)
         self.advanced = Container(
             widgets=[
@@ -142,6 +150,7 @@ class SettingsPanel(QWidget):
                 self.max_seconds,
                 self.preview_interval,
                 self.feature_preview_steps,
+                self.weight_average,
                 self.seed,
             ],
             labels=True,
@@ -210,6 +219,7 @@ class SettingsPanel(QWidget):
             num_threads=num_threads if num_threads is not None else ui_thread_count(),
             preview_interval=self.preview_interval.value,
             feature_preview_steps=self.feature_preview_steps.value,
+            weight_average=self.weight_average.value,
         )
         return Configs(model, loss, train)
 
@@ -242,6 +252,7 @@ class SettingsPanel(QWidget):
             (self.max_seconds, train.time_budget or 0.0),
             (self.preview_interval, train.preview_interval),
             (self.feature_preview_steps, train.feature_preview_steps),
+            (self.weight_average, train.weight_average),
             (self.seed, train.seed),
         ):
             shown = min(max(value, widget.min), widget.max)
