@@ -60,8 +60,10 @@ from scribbleseg.core.models import build_model
 from scribbleseg.core.volume import ImageSource
 from scribbleseg.samples import load_sample
 
-PCE_ONLY = LossConfig()  # the defaults: regularizer weights 0
-FULL = replace(LossConfig(), warmup_steps=0, dynamic_start_step=0, **REGULARIZED_WEIGHTS)
+# Step costs of the loss terms, without the forest teacher (a background fit that would make the
+# step times depend on when it finishes).
+PCE_ONLY = replace(LossConfig(), teacher_weight=0.0, **dict.fromkeys(REGULARIZED_WEIGHTS, 0.0))
+FULL = replace(PCE_ONLY, warmup_steps=0, dynamic_start_step=0, **REGULARIZED_WEIGHTS)
 #: Peak dense throughput (TFLOP/s, bf16 tensor cores) and memory bandwidth (GB/s) of GPUs we know.
 GPU_PEAKS = {"H100": (989.0, 3350.0), "H200": (989.0, 4800.0), "A100": (312.0, 2039.0)}
 
