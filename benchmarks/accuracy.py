@@ -28,7 +28,7 @@ Each network trains once per seed and is evaluated at every budget in ``--budget
 stops while it is evaluated): the mean foreground Dice of the whole-image prediction. Results are
 appended to a JSON-lines file as they come, so an interrupted run resumes where it stopped.
 
-    python benchmarks/accuracy.py                                  # everything: about 12 h on 2 CPU threads
+    python benchmarks/accuracy.py                                  # everything: about 13 h on 2 CPU threads
     python benchmarks/accuracy.py --datasets nuclei2d --seeds 0 --methods rf pce defaults dense
     python benchmarks/accuracy.py --report-only                    # tables and plot from saved results
 
