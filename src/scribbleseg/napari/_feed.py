@@ -4,11 +4,14 @@ The trainer never reads a layer. :class:`AnnotationFeed` listens to the scribble
 (``paint``: strokes, fills, polygons; ``data``: new data) and the points layer, and a little
 later (the events of one stroke are coalesced) diffs the annotations against what the trainer
 already knows (:class:`~scribbleseg.napari._model.LabelSync`); only the changed region goes
-to ``Trainer.add_labels``. A slow poll also catches undo / redo, which emit no ``paint`` event.
+to ``Trainer.add_labels``. A slow poll also catches undo / redo, which emit no ``paint`` event;
+it reads the whole layer, so its interval grows with what a read costs (at most
+``1 / POLL_DUTY`` of the main thread's time goes to it).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +32,8 @@ __all__ = ["AnnotationFeed"]
 COALESCE_MS = 150
 #: Interval (ms) of the poll that catches undo / redo and direct writes to the data.
 POLL_MS = 1000
+#: The poll waits at least this many times as long as the last full read and diff took.
+POLL_DUTY = 20
 
 
 class AnnotationFeed(QObject):
@@ -88,7 +93,7 @@ class AnnotationFeed(QObject):
         self._coalesce.timeout.connect(self.flush)
         self._poll = QTimer(self)
         self._poll.setInterval(POLL_MS)
-        self._poll.timeout.connect(self.flush)
+        self._poll.timeout.connect(self._poll_flush)
         self._connections: list[tuple[Any, Callable[..., None]]] = [
             (scribbles.events.paint, self._schedule),
             (scribbles.events.data, self._schedule),
@@ -112,6 +117,17 @@ class AnnotationFeed(QObject):
         if self._points is not None:
             points = points_in_voxels(self._points, self._image)
         return annotation_labels(scribbles, points, spacing=self._spacing, point_radius=self._point_radius)
+
+    def _poll_flush(self) -> None:
+        started = time.perf_counter()
+        self.flush()
+        cost_ms = 1000.0 * (time.perf_counter() - started)
+        self._poll.setInterval(max(POLL_MS, int(POLL_DUTY * cost_ms)))
+
+    @property
+    def poll_interval_ms(self) -> int:
+        """Milliseconds between two polls of the whole layer (grows with the layer's size)."""
+        return int(self._poll.interval())
 
     def flush(self) -> bool:
         """Send what changed since the last flush; True if something was sent."""
