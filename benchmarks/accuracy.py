@@ -320,7 +320,10 @@ def plot(results: dict[str, dict[str, Any]], budgets: list[str], path: Path) -> 
         return
     columns = min(4, len(panels))
     rows = -(-len(panels) // columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows + 0.6), squeeze=False)
+    tab10 = plt.get_cmap("tab10").colors
+    colours = [c for i, c in enumerate(tab10) if i != 3]  # red is the defaults
+    handles: dict[str, Any] = {}  # one legend entry per method, from whichever panel has it
     for ax, (dataset, annotation) in zip(axes.flat, panels, strict=False):
         for method in METHODS:
             cell = "dense" if method == "dense" else annotation
@@ -336,15 +339,20 @@ def plot(results: dict[str, dict[str, Any]], budgets: list[str], path: Path) -> 
             if not points:
                 continue
             style = {"rf": "k--", "dense": "k:", "defaults": "r-o"}.get(method, "-o")
-            ax.plot(*zip(*points, strict=True), style, label=LABELS[method].strip("*"), markersize=3)
+            colour = {} if style[0] in "kr" else {"color": colours[METHODS.index(method) % len(colours)]}
+            (line,) = ax.plot(
+                *zip(*points, strict=True), style, label=LABELS[method].strip("*"), markersize=3, **colour
+            )
+            handles.setdefault(method, line)
         ax.set_title(f"{dataset}, {annotation}", fontsize=9)
         ax.set_xlabel("training budget (s, 2 CPU threads)", fontsize=8)
         ax.set_ylabel("foreground Dice", fontsize=8)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels) :]:
         ax.axis("off")
-    axes.flat[0].legend(fontsize=6)
-    figure.tight_layout()
+    ordered = [handles[m] for m in METHODS if m in handles]
+    figure.legend(handles=ordered, loc="lower center", ncol=min(len(ordered), 6), fontsize=7, frameon=False)
+    figure.tight_layout(rect=(0, 0.6 / (3.2 * rows + 0.6), 1, 1))
     figure.savefig(path, dpi=110)
 
 
