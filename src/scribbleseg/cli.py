@@ -69,11 +69,8 @@ def _non_negative(text: str) -> float:
 
 
 def _decay(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not 0 <= value < 1:
+    value = _non_negative(text)
+    if value >= 1:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1), got {text!r}")
     return value
 

@@ -506,8 +506,10 @@ class Trainer:
                 self._feature_preview_key = key
                 labels = probabilities_to_labels(probabilities, self.class_map.values)
                 return Preview(region, labels, probabilities, step=self.step, source="features")
+        # The averaged weights: in ``_average`` during a run, in ``model`` between runs.
+        average_apart = self._average is not None and self._raw_weights is None
         probabilities = predict_region(
-            self._average if self._average is not None and self._raw_weights is None else self.model,
+            self._average if average_apart else self.model,
             self.source,
             region,
             halo=self._preview_halo,
