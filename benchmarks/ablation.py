@@ -49,8 +49,10 @@ def run_one(sample_name: str, loss: LossConfig, *, budget: float, seed: int) -> 
         source,
         target,
         loss_config=loss,
-        # No weight average either: the rows isolate the loss terms (accuracy.py's "noaverage").
-        train_config=TrainConfig(time_budget=budget, seed=seed, device="cpu", weight_average=0.0),
+        # No weight average or forest blend either: the rows isolate the loss terms.
+        train_config=TrainConfig(
+            time_budget=budget, seed=seed, device="cpu", weight_average=0.0, forest_blend=0.0
+        ),
     )
     for _ in trainer.run():
         pass

@@ -16,13 +16,15 @@ method gets the same annotations and the same CPU threads:
     ScribbleSeg as it ships: ``ModelConfig()``, ``LossConfig()``, ``TrainConfig()``.
 ``noaverage``
     The defaults without the moving average of the weights (``TrainConfig.weight_average=0``).
+``noblend``
+    The defaults without the forest mixed into the prediction (``TrainConfig.forest_blend=0``).
 ``dense``
     The default network trained with every voxel labelled (upper bound; independent of the
     annotation, so run once per seed).
 
-All network methods but ``defaults`` train without the weight average: ``pce`` and ``dense`` are
-the plain baselines the issue defines, and the loss ablation isolates the loss terms;
-``noaverage`` against ``defaults`` shows what the average adds.
+The other network methods train without the weight average and the forest blend: ``pce`` and
+``dense`` are the plain baselines the issue defines, and the loss ablation isolates the loss terms;
+``noaverage`` and ``noblend`` against ``defaults`` show what the average and the blend add.
 
 Each network trains once per seed and is evaluated at every budget in ``--budgets`` (the clock
 stops while it is evaluated): the mean foreground Dice of the whole-image prediction. Results are
@@ -66,6 +68,7 @@ NETWORK_METHODS = (
     "pce+dynamic",
     "all",
     "noaverage",
+    "noblend",
     "defaults",
 )
 METHODS = ("rf", *NETWORK_METHODS, "dense")
@@ -78,6 +81,7 @@ LABELS = {
     "pce+dynamic": "pCE + dynamic CRF",
     "all": "pCE + all three regularizers",
     "noaverage": "defaults without weight averaging",
+    "noblend": "defaults without the forest blend",
     "defaults": "**ScribbleSeg defaults**",
     "dense": "dense labels (upper bound)",
 }
@@ -142,11 +146,17 @@ def loss_for(method: str) -> Any:
 
 
 def train_for(method: str, *, seed: int, threads: int) -> Any:
-    """The training configuration of ``method``: the defaults, averaging only for ``defaults``."""
+    """The training configuration of ``method``: averaging and forest blend only for the defaults."""
     from scribbleseg.core.config import TrainConfig
 
     config = TrainConfig(seed=seed, device="cpu", num_threads=threads)
-    return config if method == "defaults" else replace(config, weight_average=0.0)
+    if method == "defaults":
+        return config
+    if method == "noaverage":
+        return replace(config, weight_average=0.0)
+    if method == "noblend":
+        return replace(config, forest_blend=0.0)
+    return replace(config, weight_average=0.0, forest_blend=0.0)
 
 
 def run_network(

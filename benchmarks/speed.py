@@ -145,7 +145,8 @@ def _sample_trainer(
     sample = load_sample(name)
     source = ImageSource(sample.image, spacing=sample.spacing)
     target = labels_to_target(sample.scribbles, spacing=sample.spacing, background=sample.background_class)
-    config = TrainConfig(patch_size=patch, batch_size=batch, device=device, seed=0, amp=amp)
+    # No forest blend either: with it the forest would still be fitted in the background.
+    config = TrainConfig(patch_size=patch, batch_size=batch, device=device, seed=0, amp=amp, forest_blend=0.0)
     return Trainer(source, target, loss_config=loss, train_config=config)
 
 

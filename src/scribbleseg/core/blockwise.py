@@ -303,7 +303,8 @@ def predict_grid(
     Parameters
     ----------
     model : ScribbleNet
-        Run in eval mode (its mode is restored afterwards).
+        Run in eval mode (its mode is restored afterwards). Its ``forest_blend``, if any, is
+        mixed into the probabilities.
     source : ImageSource
         The image; only the windows touching ``region`` are read.
     region : tuple of slice, optional
@@ -374,6 +375,10 @@ def predict_grid(
         shape = [1] * numerator.ndim
         shape[axis + 1] = total.size
         numerator /= total.reshape(shape)
+    blend = getattr(model, "forest_blend", None)
+    if blend is not None and blend.weight > 0:
+        with reading_image(f"the image at {_describe_region(region)}"):
+            numerator = blend.mix(numerator, blend.probabilities(source, region))
     return numerator
 
 
@@ -588,12 +593,15 @@ def default_block_shape(chunks: Sequence[int]) -> tuple[int, ...]:
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 of a model's weights (names, shapes and values)."""
+    """SHA-256 of a model's weights (names, shapes and values) and of its forest blend, if any."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         value = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tuple(value.shape)}:{value.dtype}".encode())
         digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    blend = getattr(model, "forest_blend", None)
+    if blend is not None and blend.weight > 0:
+        digest.update(f"forest blend:{blend.fingerprint()}".encode())
     return digest.hexdigest()
 
 

@@ -268,6 +268,14 @@ class TrainConfig(_DictMixin):
         steps since the start or since labels last changed, so early steps and new strokes are not
         held back. Averaging evens out the step-to-step swings of training on sparse labels
         (``docs/benchmarks.md``).
+    forest_blend : float
+        Weight of the forest teacher's probabilities mixed into previews and predictions,
+        ``(1 - w) * network + w * forest``, at the start; it falls with the teacher's weight
+        (linearly to 0 over ``LossConfig.teacher_steps``), so a network trained that long stands
+        alone. On a CPU a 3D network gets a few hundred steps in minutes and the mix is better than
+        either alone (``docs/benchmarks.md``). 0 = the network only. The trainer fits the forest
+        whenever this or ``LossConfig.teacher_weight`` is above 0; the model carries the forest
+        (:class:`~scribbleseg.core.pixel_classifier.ForestBlend`) into prediction and saving.
     """
 
     steps: int | None = None
@@ -285,6 +293,7 @@ class TrainConfig(_DictMixin):
     preview_interval: float = 2.0
     feature_preview_steps: int = 300
     weight_average: float = 0.99
+    forest_blend: float = 0.7
 
     def __post_init__(self) -> None:
         if self.steps is not None:
@@ -304,6 +313,9 @@ class TrainConfig(_DictMixin):
         average = float(self.weight_average)
         _check(0.0 <= average < 1.0, f"weight_average must be in [0, 1), got {self.weight_average}")
         object.__setattr__(self, "weight_average", average)
+        blend = float(self.forest_blend)
+        _check(0.0 <= blend <= 1.0, f"forest_blend must be in [0, 1], got {self.forest_blend}")
+        object.__setattr__(self, "forest_blend", blend)
         rate, decay = float(self.learning_rate), float(self.weight_decay)
         _check(math.isfinite(rate) and rate > 0, f"learning_rate must be a finite number > 0, got {rate}")
         _check(math.isfinite(decay) and decay >= 0, f"weight_decay must be a finite number >= 0, got {decay}")

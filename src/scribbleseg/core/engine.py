@@ -52,9 +52,9 @@ from scribbleseg.core.losses import (
     teacher_cross_entropy,
 )
 from scribbleseg.core.models import DOWNSAMPLING, ScribbleNet, build_model
-from scribbleseg.core.pixel_classifier import ForestTeacher, feature_preview
+from scribbleseg.core.pixel_classifier import ForestBlend, ForestTeacher, feature_preview
 from scribbleseg.core.sampling import PatchSampler
-from scribbleseg.core.volume import ImageSource
+from scribbleseg.core.volume import ImageSource, clip_region
 from scribbleseg.errors import ConfigError, ScribbleSegError
 
 if TYPE_CHECKING:
@@ -353,6 +353,7 @@ class Trainer:
         self._teacher_cancel.set()  # a forest still being fitted is abandoned (fitted again next run)
         message = None
         self._adopt_average()
+        self._attach_forest()
         if steps_this_run:
             try:
                 # After a Stop, fewer passes: the user is waiting (Stop within a second).
@@ -516,6 +517,11 @@ class Trainer:
             device=self.device,
             amp=True,
         )
+        blend = self._blend_weight()
+        if blend > 0:
+            assert self._teacher is not None
+            forest = self._teacher.read(clip_region(region, self.source.spatial_shape))
+            probabilities = (1.0 - blend) * probabilities + blend * forest
         labels = probabilities_to_labels(probabilities, self.class_map.values)
         return Preview(region=region, labels=labels, probabilities=probabilities, step=self.step)
 
@@ -549,11 +555,26 @@ class Trainer:
                 m.momentum = momentum
             self.model.train(was_training)
 
-    def _teacher_weight(self) -> float:
-        cfg = self.loss_config
-        if cfg.teacher_weight == 0 or self._teacher is None:
+    def _teacher_fade(self) -> float:
+        """1 when the first forest teacher is adopted, falling linearly to 0 over ``teacher_steps``."""
+        if self._teacher is None:
             return 0.0
-        return cfg.teacher_weight * max(0.0, 1.0 - (self.step - self._teacher_start_step) / cfg.teacher_steps)
+        return max(0.0, 1.0 - (self.step - self._teacher_start_step) / self.loss_config.teacher_steps)
+
+    def _teacher_weight(self) -> float:
+        return self.loss_config.teacher_weight * self._teacher_fade()
+
+    def _blend_weight(self) -> float:
+        """Weight of the forest in previews and predictions now (TrainConfig.forest_blend)."""
+        return self.train_config.forest_blend * self._teacher_fade()
+
+    def _attach_forest(self) -> None:
+        """Give ``self.model`` the forest blend of this step (or none), for prediction and saving."""
+        weight, teacher = self._blend_weight(), self._teacher
+        if weight == 0 or teacher is None or teacher.forest is None:
+            self.model.forest_blend = None
+            return
+        self.model.forest_blend = ForestBlend(teacher.forest, teacher.spec, weight, self.target.num_classes)
 
     def _update_teacher(self) -> None:
         """Adopt a teacher fitted in the background; start fitting one when labels changed.
@@ -563,7 +584,7 @@ class Trainer:
         while its weight has not faded out.
         """
         cfg = self.loss_config
-        if cfg.teacher_weight == 0:
+        if cfg.teacher_weight == 0 and self.train_config.forest_blend == 0:
             return
         job = self._teacher_job
         if job is not None:
@@ -583,7 +604,7 @@ class Trainer:
                 self._teacher = teacher
             if not teacher.abandoned:  # else fit again (a Stop or the end of a run abandoned it)
                 self._teacher_version = version
-        fading_done = self._teacher is not None and self._teacher_weight() == 0
+        fading_done = self._teacher is not None and self._teacher_fade() == 0
         up_to_date = self._teacher_version == self._labels_version
         recent = time.perf_counter() - self._teacher_started_at < 30.0
         if fading_done or up_to_date or (self._teacher is not None and recent) or self._teacher_failed:
@@ -760,6 +781,7 @@ class Trainer:
                 "labelled_voxels": self.labelled_voxels,
                 "patch_size": "x".join(str(p) for p in self.patch_size),
                 "batch_size": self.batch_size,
+                "forest_blend": self.model.forest_blend.weight if self.model.forest_blend else 0.0,
             },
             version=__version__,
         )

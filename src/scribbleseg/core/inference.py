@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from scribbleseg.core.models import DOWNSAMPLING, ScribbleNet
-from scribbleseg.core.volume import ImageSource
+from scribbleseg.core.volume import ImageSource, clip_region
 
 __all__ = [
     "amp_dtype",
@@ -181,10 +181,7 @@ def predict_region(
     (K, *region) float32 ndarray
     """
     dev = resolve_device(device)
-    region = tuple(
-        slice(max(0, s.start or 0), min(n, s.stop if s.stop is not None else n))
-        for s, n in zip(region, source.spatial_shape, strict=True)
-    )
+    region = clip_region(region, source.spatial_shape)
     halos = [halo] * len(region) if isinstance(halo, int) else list(halo)
     read_region = _grow(region, halos, [0] * len(region))
     image = torch.from_numpy(source.read(read_region))[None].to(dev)

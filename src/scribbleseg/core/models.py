@@ -7,11 +7,15 @@ projection head whose (unnormalised) output feeds the contrastive loss.
 Normalisation is batch norm: in eval mode every output voxel depends only on
 its receptive field, so a prediction does not depend on the window or block it
 was computed in (live previews, sliding windows and blockwise prediction agree).
+
+A trained network may carry a :class:`~scribbleseg.core.pixel_classifier.ForestBlend` in
+``forest_blend``: sliding-window and blockwise prediction mix its probabilities into the
+network's (set by the trainer, saved and loaded with the model).
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from monai.networks.nets import BasicUNet
@@ -19,6 +23,9 @@ from torch import nn
 
 from scribbleseg.core.config import ModelConfig
 from scribbleseg.errors import ConfigError
+
+if TYPE_CHECKING:
+    from scribbleseg.core.pixel_classifier import ForestBlend
 
 __all__ = ["DOWNSAMPLING", "NetworkOutput", "ScribbleNet", "build_model"]
 
@@ -85,6 +92,8 @@ class ScribbleNet(nn.Module):
             nn.ReLU(inplace=True),
             conv(width, config.embedding_dim, kernel_size=1),
         )
+        #: A forest whose probabilities prediction mixes into the network's (not a weight).
+        self.forest_blend: ForestBlend | None = None
 
     def forward(self, image: torch.Tensor, *, with_embedding: bool = False) -> NetworkOutput:
         """Run the network.

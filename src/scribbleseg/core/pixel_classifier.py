@@ -9,20 +9,25 @@ network's from then on (docs/benchmarks.md: it overtakes the forest within the 1
 
 The forest is fitted only on labelled voxels in and around the previewed region (the strokes the
 user just painted are there), so its cost is bounded by the view, not by the image.
+
+The same kind of forest, fitted on all labels, teaches the network (:class:`ForestTeacher`) and is
+mixed into its predictions (:class:`ForestBlend`) with a weight that falls as the network trains.
 """
 
 from __future__ import annotations
 
-import itertools
+import hashlib
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from scribbleseg.core.annotations import IGNORE_INDEX, SparseTarget
 from scribbleseg.core.features import FeatureSpec, filter_bank, filter_halo
-from scribbleseg.core.volume import ImageSource
+from scribbleseg.core.volume import ImageSource, block_regions, clip_region
 
-__all__ = ["PREVIEW_FEATURES", "ForestTeacher", "feature_preview"]
+__all__ = ["PREVIEW_FEATURES", "ForestBlend", "ForestTeacher", "feature_preview"]
 
 #: Smaller banks than ilastik's default, for previews only: they need less context around the view
 #: (scales up to 5 in 2D, 3.5 in 3D, not 10) and take a fraction of the time. Keyed by spatial dims.
@@ -33,6 +38,11 @@ PREVIEW_FEATURES = {
 
 #: Most labelled voxels the forest is fitted on (class-balanced sample beyond that).
 _MAX_TRAINING_VOXELS = 20_000
+
+
+def default_block_shape(spatial_dims: int) -> tuple[int, ...]:
+    """Blocks of 1 to 2 s of features on 2 CPU threads (a stop is noticed within about that)."""
+    return (512, 512) if spatial_dims == 2 else (48, 192, 192)
 
 
 def feature_preview(
@@ -72,10 +82,7 @@ def feature_preview(
 
     shape = source.spatial_shape
     spec = spec or PREVIEW_FEATURES[len(shape)]
-    region = tuple(
-        slice(max(0, s.start or 0), min(n, s.stop if s.stop is not None else n))
-        for s, n in zip(region, shape, strict=True)
-    )
+    region = clip_region(region, shape)
     context, crop = _context(region, filter_halo(spec, source.spacing), shape)
     labels = target.read(context)
     labelled = labels != IGNORE_INDEX
@@ -112,6 +119,31 @@ def _context(
 
 def _key(block: tuple[slice, ...]) -> tuple[tuple[int, int], ...]:
     return tuple((s.start, s.stop) for s in block)  # slices are not hashable before Python 3.12
+
+
+def _blocks(region: Sequence[slice], block_shape: Sequence[int]) -> list[tuple[slice, ...]]:
+    """Tile ``region`` with blocks of at most ``block_shape``, in C order."""
+    sizes = [s.stop - s.start for s in region]
+    return [
+        tuple(slice(b.start + r.start, b.stop + r.start) for b, r in zip(block, region, strict=True))
+        for block in block_regions(sizes, block_shape)
+    ]
+
+
+def _block_features(source: ImageSource, spec: FeatureSpec, block: tuple[slice, ...]) -> np.ndarray:
+    """Filter features ``(F, *block)`` of a block inside the image, computed with their halo."""
+    halo = filter_halo(spec, source.spacing)
+    context, crop = _context(block, halo, source.spatial_shape)
+    features = filter_bank(source.read(context), spacing=source.spacing, spec=spec)
+    return features[(slice(None), *crop)]
+
+
+def _predict_block(forest: Any, features: np.ndarray, num_classes: int) -> np.ndarray:
+    """Class probabilities ``(num_classes, *block)`` of a block's features; absent classes get 0."""
+    predicted = forest.predict_proba(features.reshape(len(features), -1).T).T
+    out = np.zeros((num_classes, *features.shape[1:]), dtype=np.float32)
+    out[forest.classes_] = predicted.reshape(len(forest.classes_), *features.shape[1:])
+    return out
 
 
 class ForestTeacher:
@@ -159,12 +191,11 @@ class ForestTeacher:
         shape = tuple(source.spatial_shape)
         self.spec = spec or PREVIEW_FEATURES[len(shape)]
         self.trees, self.seed, self.threads = trees, seed, threads
-        # Blocks of 1 to 2 s of features on 2 CPU threads: a stop is noticed within about that.
-        default_block = (512, 512) if len(shape) == 2 else (48, 192, 192)
-        self.block_shape = tuple(block_shape or default_block)
+        self.block_shape = tuple(block_shape or default_block_shape(len(shape)))
         self.max_voxels = max_voxels
         self._should_stop = should_stop or (lambda: False)
         self.probabilities: np.ndarray | None = None  # (K, *shape) float16 once fitted
+        self.forest: Any = None  # the fitted RandomForestClassifier
         self.abandoned = False  # True when should_stop ended a fit
         self.error: BaseException | None = None  # set by fit_in_background
 
@@ -181,18 +212,10 @@ class ForestTeacher:
         return int(np.prod(self.source.spatial_shape)) <= self.max_voxels
 
     def _blocks(self) -> list[tuple[slice, ...]]:
-        shape = self.source.spatial_shape
-        starts = [range(0, n, b) for n, b in zip(shape, self.block_shape, strict=True)]
-        return [
-            tuple(slice(s, min(s + b, n)) for s, b, n in zip(corner, self.block_shape, shape, strict=True))
-            for corner in itertools.product(*starts)
-        ]
+        return _blocks(tuple(slice(0, n) for n in self.source.spatial_shape), self.block_shape)
 
     def _features(self, block: tuple[slice, ...]) -> np.ndarray:
-        halo = filter_halo(self.spec, self.source.spacing)
-        context, crop = _context(block, halo, self.source.spatial_shape)
-        features = filter_bank(self.source.read(context), spacing=self.source.spacing, spec=self.spec)
-        return features[(slice(None), *crop)]
+        return _block_features(self.source, self.spec, block)
 
     def fit(self) -> bool:
         """Fit the forest on every labelled voxel and predict the image; False if abandoned or impossible."""
@@ -238,10 +261,9 @@ class ForestTeacher:
             features = cache.get(_key(block))
             if features is None:
                 features = self._features(block)
-            predicted = forest.predict_proba(features.reshape(len(features), -1).T).T
-            shape = tuple(s.stop - s.start for s in block)
-            probabilities[(forest.classes_, *block)] = predicted.reshape(len(forest.classes_), *shape)
+            probabilities[(slice(None), *block)] = _predict_block(forest, features, num_classes)
         self.probabilities = probabilities
+        self.forest = forest
         return True
 
     def read(self, region: Sequence[slice]) -> np.ndarray:
@@ -257,3 +279,75 @@ class ForestTeacher:
         where = tuple(slice(i.start - s.start, i.stop - s.start) for i, s in zip(inside, region, strict=True))
         out[(slice(None), *where)] = self.probabilities[(slice(None), *inside)]
         return out
+
+
+@dataclass(frozen=True, eq=False)
+class ForestBlend:
+    """A forest on filter features whose probabilities are mixed into the network's.
+
+    On a CPU the network of a 3D image gets a few hundred steps in minutes, while the forest
+    teacher (:class:`ForestTeacher`) is right after seconds; mixing the two,
+    ``(1 - weight) * network + weight * forest``, is better than either there
+    (``docs/benchmarks.md``). The trainer lowers ``weight`` as the network trains, to 0 when the
+    teacher has faded out (``TrainConfig.forest_blend``), so a well-trained network stands alone.
+
+    Parameters
+    ----------
+    forest : sklearn.ensemble.RandomForestClassifier
+        Fitted on :func:`~scribbleseg.core.features.filter_bank` features of ``spec``; its classes
+        are class indices ``0 .. num_classes - 1``.
+    spec : FeatureSpec
+    weight : float
+        In [0, 1].
+    num_classes : int
+    """
+
+    forest: Any
+    spec: FeatureSpec
+    weight: float
+    num_classes: int
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= float(self.weight) <= 1.0:
+            raise ValueError(f"forest blend weight must be in [0, 1], got {self.weight}")
+        classes = np.asarray(getattr(self.forest, "classes_", []))
+        if classes.size == 0 or classes.min() < 0 or classes.max() >= self.num_classes:
+            raise ValueError(
+                f"the forest's classes {classes.tolist()} are not class indices below {self.num_classes}"
+            )
+        object.__setattr__(self, "weight", float(self.weight))
+
+    def probabilities(
+        self, source: ImageSource, region: Sequence[slice], *, block_shape: Sequence[int] | None = None
+    ) -> np.ndarray:
+        """Return the forest's probabilities ``(K, *region)`` float32 of a region inside the image.
+
+        Features are computed block by block with their halo, so memory is bounded by a block
+        and the numbers do not depend on the region's bounds.
+        """
+        region = tuple(region)
+        block_shape = tuple(block_shape or default_block_shape(len(region)))
+        out = np.empty((self.num_classes, *(s.stop - s.start for s in region)), dtype=np.float32)
+        for block in _blocks(region, block_shape):
+            where = tuple(
+                slice(b.start - r.start, b.stop - r.start) for b, r in zip(block, region, strict=True)
+            )
+            features = _block_features(source, self.spec, block)
+            out[(slice(None), *where)] = _predict_block(self.forest, features, self.num_classes)
+        return out
+
+    def mix(self, network: np.ndarray, forest: np.ndarray) -> np.ndarray:
+        """``(1 - weight) * network + weight * forest`` (``network`` is returned when the weight is 0)."""
+        if self.weight == 0.0:
+            return network
+        return (1.0 - self.weight) * network + self.weight * forest
+
+    def fingerprint(self) -> str:
+        """SHA-256 of the weight, the features and every tree (identifies the blend for resuming)."""
+        digest = hashlib.sha256(f"{self.weight!r}:{self.spec!r}:{self.num_classes}".encode())
+        for tree in self.forest.estimators_:
+            state = tree.tree_
+            arrays = (state.feature, state.threshold, state.children_left, state.children_right, state.value)
+            for array in arrays:
+                digest.update(np.ascontiguousarray(array).tobytes())
+        return digest.hexdigest()

@@ -32,6 +32,7 @@ __all__ = [
     "array_chunks",
     "block_regions",
     "check_spacing",
+    "clip_region",
     "grow_block_shape",
     "region_bounds",
 ]
@@ -156,6 +157,14 @@ def block_regions(shape: Sequence[int], block_shape: Sequence[int]) -> Iterator[
     starts = [range(0, s, b) for s, b in zip(shape, block_shape, strict=True)]
     for corner in itertools.product(*starts):
         yield tuple(slice(c, min(c + b, s)) for c, b, s in zip(corner, block_shape, shape, strict=True))
+
+
+def clip_region(region: Sequence[slice], shape: Sequence[int]) -> Region:
+    """``region`` cut to the array (``None`` start / stop mean its edges); step must be None or 1."""
+    return tuple(
+        slice(max(0, s.start or 0), min(n, s.stop if s.stop is not None else n))
+        for s, n in zip(region, shape, strict=True)
+    )
 
 
 def region_bounds(
