@@ -75,6 +75,13 @@ def _decay(text: str) -> float:
     return value
 
 
+def _fraction(text: str) -> float:
+    value = _non_negative(text)
+    if value > 1:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -190,6 +197,15 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="D",
         help="decay of the moving average of the weights that is saved and used for prediction "
         f"(0 = off; default {TrainConfig.weight_average})",
+    )
+    train.add_argument(
+        "--forest-blend",
+        type=_fraction,
+        default=TrainConfig.forest_blend,
+        metavar="W",
+        help="weight of the random forest's probabilities mixed into the saved model's predictions, "
+        f"falling as the network trains, to 0 after {defaults.teacher_steps} steps "
+        f"(0 = network only; default {TrainConfig.forest_blend})",
     )
     train.add_argument("--background-class", type=int, metavar="K", help="class value that is background")
     train.add_argument("--quiet", action="store_true", help="no progress lines")
@@ -348,6 +364,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "seed": args.seed,
         "device": args.device,
         "weight_average": args.weight_average,
+        "forest_blend": args.forest_blend,
     }
     if args.steps is None and args.time_budget is None:
         train_options["time_budget"] = 120.0

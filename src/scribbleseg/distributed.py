@@ -98,13 +98,18 @@ class ImageSpec:
 
 
 def weights_fingerprint(model_path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a model folder's weights file (identifies the model for resuming)."""
-    from scribbleseg.io.checkpoint import WEIGHTS_FILE, model_folder
+    """SHA-256 of a model folder's weights and forest files (identifies the model for resuming)."""
+    from scribbleseg.io.checkpoint import FOREST_FILE, METADATA_FILE, WEIGHTS_FILE, model_folder
 
+    folder = model_folder(model_path)
     digest = hashlib.sha256()
-    with open(model_folder(model_path) / WEIGHTS_FILE, "rb") as handle:
-        for block in iter(lambda: handle.read(2**20), b""):
-            digest.update(block)
+    # model.json holds the forest's blend weight.
+    for name in (WEIGHTS_FILE, FOREST_FILE, METADATA_FILE):
+        if not (folder / name).is_file():
+            continue
+        with open(folder / name, "rb") as handle:
+            for block in iter(lambda: handle.read(2**20), b""):
+                digest.update(block)
     return digest.hexdigest()
 
 

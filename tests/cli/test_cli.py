@@ -140,6 +140,15 @@ def test_model_that_is_not_ours(tmp_path, files2d):
 def test_usage_errors_are_one_line(tmp_path, files2d):
     assert_bad_input(run_cli("train", files2d["image"]), "required")
     assert_bad_input(_train(files2d, tmp_path / "m", "--crf-weight", "-1"), "crf-weight")
+    assert_bad_input(_train(files2d, tmp_path / "m", "--forest-blend", "1.5"), "forest-blend", "[0, 1]")
+
+
+def test_forest_blend_option_reaches_the_model(tmp_path, files2d):
+    result = _train(files2d, tmp_path / "m", "--forest-blend", "0")
+    assert result.returncode == 0, result.stderr
+    document = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert document["train"]["forest_blend"] == 0.0
+    assert document["forest_blend"] is None and not (tmp_path / "m" / "forest.skops").exists()
 
 
 def test_nan_image_trains_and_predicts_with_a_warning(tmp_path, files2d, blobs2d):

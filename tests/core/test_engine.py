@@ -35,7 +35,8 @@ FAST_LOSS = LossConfig(
 def _trainer(image, scribbles, *, channel_axis=None, spacing=None, **train):
     source = ImageSource(image, channel_axis=channel_axis, spacing=spacing)
     target = labels_to_target(scribbles, spacing=source.spacing)
-    options = {"device": "cpu", "seed": 0, "batch_size": 2}
+    # No forest blend: these tests are about the network (tests/core/test_forest_blend.py).
+    options = {"device": "cpu", "seed": 0, "batch_size": 2, "forest_blend": 0.0}
     options.update(train)
     return Trainer(source, target, loss_config=FAST_LOSS, train_config=TrainConfig(**options))
 

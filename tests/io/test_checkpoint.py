@@ -6,15 +6,22 @@ import json
 import os
 import pickle
 
+import numpy as np
 import pytest
+import skops.io
 import torch
 from safetensors.torch import load_file, save_file
+from sklearn.preprocessing import FunctionTransformer
 
 from scribbleseg import __version__
+from scribbleseg.core.annotations import labels_to_target
 from scribbleseg.core.config import LossConfig, ModelConfig, TrainConfig
 from scribbleseg.core.models import ScribbleNet, build_model
+from scribbleseg.core.pixel_classifier import ForestBlend, ForestTeacher
+from scribbleseg.core.volume import ImageSource
 from scribbleseg.errors import ConfigError, ModelFileError
 from scribbleseg.io.checkpoint import (
+    FOREST_FILE,
     FORMAT_NAME,
     FORMAT_VERSION,
     ModelMetadata,
@@ -110,12 +117,95 @@ def test_json_content(tmp_path):
     folder, _, metadata = _saved(tmp_path)
     document = json.loads((folder / "model.json").read_text())
     assert document["format"] == FORMAT_NAME == "scribbleseg-model"
-    assert document["format_version"] == FORMAT_VERSION == 1
+    assert document["format_version"] == FORMAT_VERSION == 2
+    assert document["forest_blend"] is None
     assert document["class_values"] == [1, 2, 5]
     assert document["model"] == TINY.to_dict()
     assert document["version"] == __version__
     assert document["loss"]["crf_weight"] == 0.5
     assert read_metadata(folder) == metadata
+
+
+def _saved_with_forest(tmp_path, blobs2d, weight=0.4):
+    image, scribbles, _ = blobs2d
+    source = ImageSource(image)
+    teacher = ForestTeacher(source, labels_to_target(scribbles), trees=5, threads=1)
+    assert teacher.fit()
+    metadata = _metadata(spatial_dims=2, in_channels=1, class_values=(1, 2))
+    network = _trained_network(metadata)
+    network.forest_blend = ForestBlend(teacher.forest, teacher.spec, weight, 2)
+    return save_model(tmp_path / "model", network, metadata), network, source
+
+
+def test_round_trip_keeps_the_forest_blend(tmp_path, blobs2d):
+    folder, network, source = _saved_with_forest(tmp_path, blobs2d)
+    assert sorted(os.listdir(folder)) == sorted(["model.json", "model.safetensors", FOREST_FILE])
+    document = json.loads((folder / "model.json").read_text())
+    spec = network.forest_blend.spec
+    assert document["forest_blend"] == {
+        "weight": 0.4,
+        "sigmas": list(spec.sigmas),
+        "smoothing_only_below": spec.smoothing_only_below,
+        "file": FOREST_FILE,
+    }
+    loaded, _ = load_model(folder)
+    assert loaded.forest_blend.weight == 0.4 and loaded.forest_blend.spec == spec
+    region = (slice(0, 64), slice(0, 80))
+    np.testing.assert_array_equal(
+        loaded.forest_blend.probabilities(source, region), network.forest_blend.probabilities(source, region)
+    )
+    # Saving again over it, without a forest, leaves no stale forest file behind.
+    network.forest_blend = None
+    save_model(folder, network, read_metadata(folder))
+    assert FOREST_FILE not in os.listdir(folder)
+    assert load_model(folder)[0].forest_blend is None
+
+
+def test_version_1_folders_still_load(tmp_path):
+    folder, _, metadata = _saved(tmp_path)
+
+    def as_version_1(document):
+        document["format_version"] = 1
+        del document["forest_blend"]
+
+    _edit_json(folder, as_version_1)
+    loaded, loaded_metadata = load_model(folder)
+    assert loaded.forest_blend is None and loaded_metadata == metadata
+
+
+def test_a_forest_file_with_other_types_is_never_loaded(tmp_path, blobs2d):
+    folder, _, _ = _saved_with_forest(tmp_path, blobs2d)
+    skops.io.dump(FunctionTransformer(func=os.system), folder / FOREST_FILE)
+    with pytest.raises(ModelFileError, match=r"never loaded: \['posix.system'\]"):
+        load_model(folder)
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda folder: (folder / FOREST_FILE).write_bytes(b"not a zip"), "not a valid skops file"),
+        (lambda folder: (folder / FOREST_FILE).unlink(), "has no forest.skops"),
+        (lambda folder: _edit_json(folder, lambda d: d["forest_blend"].update(file="../x")), "file must be"),
+        (
+            lambda folder: _edit_json(folder, lambda d: d["forest_blend"].update(weight=2)),
+            "weight must be in",
+        ),
+        (
+            lambda folder: _edit_json(folder, lambda d: d["forest_blend"].update(sigmas=[1.0])),
+            "the forest takes",
+        ),
+        (lambda folder: _edit_json(folder, lambda d: d["forest_blend"].pop("sigmas")), "must hold exactly"),
+        (
+            lambda folder: _edit_json(folder, lambda d: d["forest_blend"].update(sigmas=[-1])),
+            "sigmas must be positive",
+        ),
+    ],
+)
+def test_a_damaged_forest_is_refused(tmp_path, blobs2d, damage, message):
+    folder, _, _ = _saved_with_forest(tmp_path, blobs2d)
+    damage(folder)
+    with pytest.raises(ModelFileError, match=message):
+        load_model(folder)
 
 
 def test_json_or_weights_file_names_the_model(tmp_path):
@@ -237,10 +327,10 @@ def test_missing_json_field_is_refused(tmp_path):
 
 def test_format_and_version_are_checked(tmp_path):
     folder, _, _ = _saved(tmp_path)
-    _edit_json(folder, lambda d: d.update(format_version=2))
-    with pytest.raises(ModelFileError, match="format version 2"):
+    _edit_json(folder, lambda d: d.update(format_version=3))
+    with pytest.raises(ModelFileError, match="format version 3"):
         load_model(folder)
-    _edit_json(folder, lambda d: d.update(format_version=1, format="something-else"))
+    _edit_json(folder, lambda d: d.update(format_version=2, format="something-else"))
     with pytest.raises(ModelFileError, match="not a ScribbleSeg model"):
         load_model(folder)
     (folder / "model.json").write_text("[1, 2, 3]")

@@ -1,17 +1,22 @@
 """Saving and loading trained models without pickle.
 
-A model is a folder holding two files::
+A model is a folder holding two or three files::
 
     MODEL/
-      model.json         {"format": "scribbleseg-model", "format_version": 1, ...ModelMetadata}
+      model.json         {"format": "scribbleseg-model", "format_version": 2, ...ModelMetadata,
+                          "forest_blend": {"weight", "sigmas", "smoothing_only_below", "file"} or null}
       model.safetensors  the network's state dict (weights and batch-norm buffers)
+      forest.skops       the forest mixed into predictions (only when forest_blend is not null)
 
 Loading never runs code from the files: the JSON is parsed strictly (exactly
 the known keys, checked types), the network is rebuilt from it with
 :func:`~scribbleseg.core.models.build_model`, and the weights are read with
 safetensors, which holds raw tensors only. Every tensor's name and shape is
 checked before it is copied in. ``torch.load`` is never called, so ``.pt`` /
-``.pth`` pickles are refused.
+``.pth`` pickles are refused. The forest
+(:class:`~scribbleseg.core.pixel_classifier.ForestBlend`) is stored with ``skops``, whose
+format rebuilds only the types it is told to trust: a random forest of decision trees, and
+nothing else. Version 1 folders (no forest) still load.
 """
 
 from __future__ import annotations
@@ -35,10 +40,13 @@ from safetensors.torch import load_file, save_file
 
 from scribbleseg import __version__
 from scribbleseg.core.config import LossConfig, ModelConfig, TrainConfig
+from scribbleseg.core.features import FeatureSpec
 from scribbleseg.core.models import ScribbleNet, build_model
+from scribbleseg.core.pixel_classifier import ForestBlend
 from scribbleseg.errors import ConfigError, ModelFileError
 
 __all__ = [
+    "FOREST_FILE",
     "FORMAT_NAME",
     "FORMAT_VERSION",
     "METADATA_FILE",
@@ -51,11 +59,18 @@ __all__ = [
 ]
 
 FORMAT_NAME = "scribbleseg-model"
-FORMAT_VERSION = 1
-#: Versions of the layout :func:`load_model` reads.
-SUPPORTED_FORMAT_VERSIONS = (1,)
+FORMAT_VERSION = 2
+#: Versions of the layout :func:`load_model` reads (1: no forest blend).
+SUPPORTED_FORMAT_VERSIONS = (1, 2)
 METADATA_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
+FOREST_FILE = "forest.skops"
+#: The only types a forest file may hold beyond skops' default trusted ones (numpy, sklearn
+#: estimators such as RandomForestClassifier and DecisionTreeClassifier).
+_FOREST_TYPES = ["sklearn.tree._tree.Tree"]
+_FOREST_KEYS = {"weight", "sigmas", "smoothing_only_below", "file"}
+#: A forest file larger than this is refused (100 trees on 80 000 voxels take a few MB).
+_MAX_FOREST_BYTES = 1 << 30
 #: A model.json larger than this is not ours (protects against reading a huge file).
 _MAX_METADATA_BYTES = 1 << 20
 #: Largest class value (class values are handled as int64).
@@ -303,9 +318,13 @@ def read_metadata(path: str | os.PathLike[str]) -> ModelMetadata:
         If the folder is not a ScribbleSeg model, its format version is not
         supported, or a field is unknown, missing or of the wrong type.
     """
+    return _metadata(*_read_document(path))
+
+
+def _read_document(path: str | os.PathLike[str]) -> tuple[pathlib.Path, dict[str, Any]]:
+    """Return the model folder and its parsed ``model.json``, of a supported format version."""
     folder = model_folder(path)
-    metadata_path = folder / METADATA_FILE
-    data = _read_json(metadata_path)
+    data = _read_json(folder / METADATA_FILE)
     if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
         raise ModelFileError(f"{folder} {_NOT_OURS}: {METADATA_FILE} does not say format {FORMAT_NAME!r}")
     version = data.get("format_version")
@@ -314,11 +333,95 @@ def read_metadata(path: str | os.PathLike[str]) -> ModelMetadata:
             f"{folder} has model format version {version!r}, but this ScribbleSeg ({__version__}) reads "
             f"version(s) {', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))} — update ScribbleSeg"
         )
-    fields = {k: v for k, v in data.items() if k not in ("format", "format_version")}
+    return folder, data
+
+
+def _metadata(folder: pathlib.Path, data: Mapping[str, Any]) -> ModelMetadata:
+    own = (
+        ("format", "format_version")
+        if data["format_version"] == 1
+        else ("format", "format_version", "forest_blend")
+    )
+    fields = {k: v for k, v in data.items() if k not in own}
     try:
         return ModelMetadata.from_dict(fields)
     except (ConfigError, TypeError, ValueError, OverflowError) as exc:  # e.g. int("x") in a config
-        raise ModelFileError(f"{metadata_path} is invalid: {exc}") from None
+        raise ModelFileError(f"{folder / METADATA_FILE} is invalid: {exc}") from None
+
+
+def _forest_document(blend: ForestBlend | None) -> dict[str, Any] | None:
+    if blend is None:
+        return None
+    return {
+        "weight": blend.weight,
+        "sigmas": list(blend.spec.sigmas),
+        "smoothing_only_below": blend.spec.smoothing_only_below,
+        "file": FOREST_FILE,
+    }
+
+
+def _load_forest(folder: pathlib.Path, description: Any, metadata: ModelMetadata) -> ForestBlend:
+    """Read and check the forest a model folder's ``forest_blend`` entry describes."""
+    import skops.io
+
+    where = f"{folder / METADATA_FILE}: forest_blend"
+    _check_file(
+        isinstance(description, Mapping) and set(description) == _FOREST_KEYS,
+        f"{where} must hold exactly {sorted(_FOREST_KEYS)}",
+    )
+    _check_file(description["file"] == FOREST_FILE, f"{where}: file must be {FOREST_FILE!r}")
+    weight, sigmas = description["weight"], description["sigmas"]
+    _check_file(_is_number(weight) and 0 <= weight <= 1, f"{where}: weight must be in [0, 1], got {weight!r}")
+    _check_file(
+        isinstance(sigmas, list)
+        and all(_is_number(v) for v in sigmas)
+        and _is_number(description["smoothing_only_below"]),
+        f"{where}: sigmas must be a list of numbers",
+    )
+    try:
+        spec = FeatureSpec(tuple(sigmas), float(description["smoothing_only_below"]))
+    except ValueError as exc:
+        raise ModelFileError(f"{where}: {exc}") from None
+    path = folder / FOREST_FILE
+    if not path.is_file():
+        raise ModelFileError(f"{folder} has no {FOREST_FILE}: the model is incomplete — save it again")
+    if path.stat().st_size > _MAX_FOREST_BYTES:
+        raise ModelFileError(f"{path} is too large for a forest ({path.stat().st_size} bytes): not ours")
+    data = path.read_bytes()
+    try:
+        untrusted = set(skops.io.get_untrusted_types(data=data)) - set(_FOREST_TYPES)
+    except Exception as exc:  # a corrupt or foreign file: zip or schema errors
+        raise ModelFileError(
+            f"{path} is not a valid skops file (corrupt, truncated or not ours): {exc}"
+        ) from None
+    if untrusted:
+        raise ModelFileError(
+            f"{path} holds types that are not part of a forest and are never loaded: {sorted(untrusted)}"
+        )
+    try:
+        forest = skops.io.loads(data, trusted=_FOREST_TYPES)
+    except Exception as exc:
+        raise ModelFileError(
+            f"{path} is not a valid skops file (corrupt, truncated or not ours): {exc}"
+        ) from None
+    from sklearn.ensemble import RandomForestClassifier
+
+    _check_file(isinstance(forest, RandomForestClassifier), f"{path} does not hold a random forest")
+    features = spec.num_features(metadata.spatial_dims) * metadata.in_channels
+    _check_file(
+        getattr(forest, "n_features_in_", None) == features,
+        f"{path}: the forest takes {getattr(forest, 'n_features_in_', None)} features, "
+        f"the model's filters give {features}",
+    )
+    try:
+        return ForestBlend(forest, spec, float(weight), metadata.num_classes)
+    except ValueError as exc:
+        raise ModelFileError(f"{path}: {exc}") from None
+
+
+def _check_file(condition: bool, message: str) -> None:
+    if not condition:
+        raise ModelFileError(message)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -399,7 +502,7 @@ def save_model(path: str | os.PathLike[str], model: torch.nn.Module, metadata: M
     if path.exists():
         if not path.is_dir():
             raise ModelFileError(f"cannot save the model to {path}: a file of that name exists")
-        if not set(os.listdir(path)) <= {METADATA_FILE, WEIGHTS_FILE}:
+        if not set(os.listdir(path)) <= {METADATA_FILE, WEIGHTS_FILE, FOREST_FILE}:
             raise ModelFileError(
                 f"cannot save the model to {path}: the folder exists and is not a ScribbleSeg model "
                 "(it would be overwritten) — choose another name"
@@ -408,12 +511,22 @@ def save_model(path: str | os.PathLike[str], model: torch.nn.Module, metadata: M
     with torch.device("meta"):  # shapes only: nothing is allocated
         expected = _build(metadata).state_dict()
     _compare_weights(weights, expected, f"cannot save the model to {path}")
-    document = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION, **metadata.to_dict()}
+    blend = getattr(getattr(model, "_orig_mod", model), "forest_blend", None)
+    document = {
+        "format": FORMAT_NAME,
+        "format_version": FORMAT_VERSION,
+        **metadata.to_dict(),
+        "forest_blend": _forest_document(blend),
+    }
 
     temporary: pathlib.Path | None = None
     try:
         temporary = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         save_file(weights, str(temporary / WEIGHTS_FILE), metadata={"format": "pt"})
+        if blend is not None:
+            import skops.io
+
+            skops.io.dump(blend.forest, temporary / FOREST_FILE)
         (temporary / METADATA_FILE).write_text(json.dumps(document, indent=2, allow_nan=False) + "\n")
         os.chmod(temporary, 0o777 & ~_UMASK)  # mkdtemp makes owner-only folders
         if path.exists():
@@ -465,8 +578,8 @@ def load_model(
         If the path is missing, a pickle, not a ScribbleSeg model, of an
         unsupported format version, or its JSON or weights are invalid.
     """
-    metadata = read_metadata(path)
-    folder = model_folder(path)
+    folder, document = _read_document(path)
+    metadata = _metadata(folder, document)
     weights_path = folder / WEIGHTS_FILE
     if not weights_path.is_file():
         raise ModelFileError(f"{folder} has no {WEIGHTS_FILE}: the model is incomplete — save it again")
@@ -490,5 +603,7 @@ def load_model(
     _compare_weights(weights, expected, str(weights_path))
     network = _build(metadata)
     network.load_state_dict(weights, strict=True)
+    if document.get("forest_blend") is not None:
+        network.forest_blend = _load_forest(folder, document["forest_blend"], metadata)
     network.eval()
     return network.to(device), metadata

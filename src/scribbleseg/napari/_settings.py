@@ -59,7 +59,7 @@ class SettingsPanel(QWidget):
         ``patch_size``, ``batch_size``, ``learning_rate``, ``contrastive_weight``, ``crf_weight``,
         ``dynamic_crf_weight``, ``dice_weight``, ``teacher_weight``, ``point_radius``, ``max_steps``,
         ``max_seconds``, ``preview_interval``, ``feature_preview_steps``, ``weight_average``,
-        ``seed``; shown by unfolding "Advanced".
+        ``forest_blend``, ``seed``; shown by unfolding "Advanced".
     """
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -134,6 +134,15 @@ class SettingsPanel(QWidget):
             step=0.001,
             tooltip="exponential moving average of the weights used for previews and prediction; 0 = off",
         )
+        self.forest_blend = FloatSpinBox(
+            label="forest blend",
+            value=_TRAIN.forest_blend,
+            min=0.0,
+            max=1.0,
+            step=0.05,
+            tooltip="weight of the random forest mixed into previews and predictions, falling as the "
+            "network trains; 0 = network only",
+        )
         self.seed = SpinBox(label="seed", value=_TRAIN.seed, min=0, max=2**31 - 1)
         self.advanced = Container(
             widgets=[
@@ -151,6 +160,7 @@ class SettingsPanel(QWidget):
                 self.preview_interval,
                 self.feature_preview_steps,
                 self.weight_average,
+                self.forest_blend,
                 self.seed,
             ],
             labels=True,
@@ -220,6 +230,7 @@ class SettingsPanel(QWidget):
             preview_interval=self.preview_interval.value,
             feature_preview_steps=self.feature_preview_steps.value,
             weight_average=self.weight_average.value,
+            forest_blend=self.forest_blend.value,
         )
         return Configs(model, loss, train)
 
@@ -253,6 +264,7 @@ class SettingsPanel(QWidget):
             (self.preview_interval, train.preview_interval),
             (self.feature_preview_steps, train.feature_preview_steps),
             (self.weight_average, train.weight_average),
+            (self.forest_blend, train.forest_blend),
             (self.seed, train.seed),
         ):
             shown = min(max(value, widget.min), widget.max)

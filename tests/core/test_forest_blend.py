@@ -1,0 +1,117 @@
+"""The forest blend: the teacher's forest mixed into previews and predictions, fading with it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+import numpy as np
+import pytest
+import zarr
+
+from scribbleseg.core.annotations import labels_to_target
+from scribbleseg.core.blockwise import model_fingerprint, predict_blockwise
+from scribbleseg.core.config import LossConfig, ModelConfig, TrainConfig
+from scribbleseg.core.engine import Trainer
+from scribbleseg.core.inference import predict_probabilities, probabilities_to_labels
+from scribbleseg.core.pixel_classifier import ForestBlend, ForestTeacher
+from scribbleseg.core.volume import ImageSource
+
+TINY = ModelConfig(features=(4, 4, 8, 8, 8, 4), embedding_dim=2)
+# Partial CE alone: no regularizers, and no teacher loss either, so the forest is fitted for the
+# blend only (TrainConfig.forest_blend > 0 is enough). It fades over 100 steps.
+LOSS = LossConfig(
+    contrastive_weight=0.0, crf_weight=0.0, dynamic_crf_weight=0.0, teacher_weight=0.0, teacher_steps=100
+)
+
+
+def _forest(image, scribbles, weight=0.5):
+    source = ImageSource(image)
+    target = labels_to_target(scribbles)
+    teacher = ForestTeacher(source, target, trees=10, threads=1)
+    assert teacher.fit()
+    return source, target, teacher, ForestBlend(teacher.forest, teacher.spec, weight, target.num_classes)
+
+
+def _trainer_with_forest(image, scribbles, **train):
+    """A trainer that has run until its forest came in (it is fitted in a background thread)."""
+    source = ImageSource(image)
+    options = {"device": "cpu", "seed": 0, "batch_size": 2, "steps": 3} | train
+    trainer = Trainer(
+        source,
+        labels_to_target(scribbles),
+        model_config=TINY,
+        loss_config=LOSS,
+        train_config=TrainConfig(**options),
+    )
+    deadline = time.monotonic() + 60
+    while trainer.model.forest_blend is None and time.monotonic() < deadline:
+        list(trainer.run())
+    return source, trainer
+
+
+def test_forest_probabilities_do_not_depend_on_blocks_or_region(blobs2d):
+    image, scribbles, _ = blobs2d
+    source, _, teacher, blend = _forest(image, scribbles)
+    whole = blend.probabilities(source, (slice(0, 64), slice(0, 80)))
+    tiled = blend.probabilities(source, (slice(0, 64), slice(0, 80)), block_shape=(16, 24))
+    part = blend.probabilities(source, (slice(10, 50), slice(33, 80)), block_shape=(7, 9))
+    np.testing.assert_allclose(tiled, whole, atol=1e-6)
+    np.testing.assert_allclose(part, whole[:, 10:50, 33:80], atol=1e-6)
+    np.testing.assert_allclose(whole, teacher.probabilities.astype(np.float32), atol=1e-3)  # float16 there
+    np.testing.assert_allclose(whole.sum(0), 1.0, atol=1e-5)
+
+
+def test_forest_blend_checks_its_weight_and_classes(blobs2d):
+    image, scribbles, _ = blobs2d
+    _, target, teacher, _ = _forest(image, scribbles)
+    with pytest.raises(ValueError, match="weight must be in"):
+        ForestBlend(teacher.forest, teacher.spec, 1.5, target.num_classes)
+    with pytest.raises(ValueError, match="not class indices"):
+        ForestBlend(teacher.forest, teacher.spec, 0.5, 1)
+
+
+def test_prediction_mixes_the_forest_in(blobs2d, tmp_path):
+    image, scribbles, _ = blobs2d
+    source, trainer = _trainer_with_forest(image, scribbles)
+    blend = trainer.model.forest_blend
+    assert blend is not None, "the forest never came in"
+    # It fades with the teacher: 0.7 at the step the forest came in, 0 after teacher_steps (100).
+    assert 0.7 * (1 - trainer.step / 100) <= blend.weight < 0.7
+    mixed = predict_probabilities(trainer.model, source, device="cpu")
+    trainer.model.forest_blend = None
+    network = predict_probabilities(trainer.model, source, device="cpu")
+    fingerprint = model_fingerprint(trainer.model)
+    trainer.model.forest_blend = blend
+    assert model_fingerprint(trainer.model) != fingerprint  # a resumed prediction notices the change
+    forest = blend.probabilities(source, (slice(0, 64), slice(0, 80)))
+    np.testing.assert_allclose(mixed, (1 - blend.weight) * network + blend.weight * forest, atol=1e-5)
+    # Blockwise prediction (blocks smaller than the image) writes the same labels.
+    out = tmp_path / "labels.zarr"
+    predict_blockwise(trainer.model, source, out, class_values=[1, 2], block_shape=(32, 48), device="cpu")
+    expected = probabilities_to_labels(mixed, [1, 2])
+    np.testing.assert_array_equal(zarr.open_array(str(out))[...], expected)
+
+
+def test_the_blend_fades_out_and_can_be_switched_off(blobs2d):
+    image, scribbles, _ = blobs2d
+    _, trainer = _trainer_with_forest(image, scribbles)
+    trainer.train_config = replace(trainer.train_config, steps=100)
+    list(trainer.run())  # past teacher_steps: the network stands alone
+    assert trainer.model.forest_blend is None
+    _, trainer = _trainer_with_forest(image, scribbles, forest_blend=0.0, steps=20)
+    assert trainer.model.forest_blend is None
+    assert trainer.metadata().training["forest_blend"] == 0.0
+
+
+def test_preview_mixes_the_teachers_probabilities_in(blobs2d):
+    image, scribbles, _ = blobs2d
+    _, trainer = _trainer_with_forest(image, scribbles, feature_preview_steps=0, forest_blend=1.0)
+    # With weight 1 at the start and 100 steps to fade, the preview is mostly the forest's.
+    region = (slice(0, 64), slice(0, 80))
+    preview = trainer.preview(region)
+    forest = trainer.model.forest_blend.probabilities(trainer.source, region)
+    network_only = preview.probabilities - trainer.model.forest_blend.weight * forest
+    assert preview.source == "network"
+    assert np.all(network_only >= -2e-3)  # what is left is (1 - w) * network probabilities
+    np.testing.assert_allclose(network_only.sum(0), 1 - trainer.model.forest_blend.weight, atol=2e-3)
