@@ -7,9 +7,11 @@ import pytest
 import torch
 import zarr
 
+from scribbleseg.core.annotations import labels_to_target
 from scribbleseg.core.blockwise import predict_blockwise
 from scribbleseg.core.config import LossConfig, ModelConfig, TrainConfig
 from scribbleseg.core.models import build_model
+from scribbleseg.core.pixel_classifier import ForestBlend, ForestTeacher
 from scribbleseg.core.volume import ImageSource
 from scribbleseg.distributed import ImageSpec, parse_scheduler, predict_on_cluster, weights_fingerprint
 from scribbleseg.errors import ConfigError, InputError
@@ -19,12 +21,13 @@ from scribbleseg.io.checkpoint import ModelMetadata, load_model, save_model
 distributed = pytest.importorskip("distributed")
 
 
-def save_tiny_model(folder, *, spatial_dims=3, in_channels=2, class_values=(1, 2, 4)):
+def save_tiny_model(folder, *, spatial_dims=3, in_channels=2, class_values=(1, 2, 4), forest=None):
     torch.manual_seed(0)
     config = ModelConfig(features=(4, 4, 8, 8, 16, 4))
     model = build_model(
         config, spatial_dims=spatial_dims, in_channels=in_channels, num_classes=len(class_values)
     )
+    model.forest_blend = forest
     metadata = ModelMetadata(
         model=config,
         spatial_dims=spatial_dims,
@@ -127,6 +130,57 @@ def test_cluster_output_equals_single_process_and_resumes_it(tmp_path, cluster):
 
     loads = cluster.run(loads_of, str(model_path.resolve()))
     assert sorted(loads.values()) == [1, 1], loads
+
+
+def test_the_forest_blend_reaches_the_workers_or_is_left_out(tmp_path, cluster, blobs2d):
+    torch.set_num_threads(1)
+    image, scribbles, _ = blobs2d
+    write_array(tmp_path / "image.zarr", image, axes="YX", chunks=(32, 40))
+    source = ImageSource(read_array(tmp_path / "image.zarr", lazy=True).data)
+    teacher = ForestTeacher(source, labels_to_target(scribbles), trees=5, threads=1)
+    assert teacher.fit()
+    forest = ForestBlend(teacher.forest, teacher.spec, 0.6, 2)
+    model_path = save_tiny_model(
+        tmp_path / "model", spatial_dims=2, in_channels=1, class_values=(1, 2), forest=forest
+    )
+    model, meta = load_model(model_path)
+    spec = ImageSpec(str((tmp_path / "image.zarr").resolve()), None, source.spacing, source.normalisation)
+    options = {"chunks": (32, 40), "block_shape": (32, 40), "roi_size": (32, 48), "device": "cpu"}
+
+    def single(name):
+        predict_blockwise(
+            model,
+            source,
+            tmp_path / f"{name}.zarr",
+            class_values=meta.class_values,
+            probabilities=tmp_path / f"{name}_p.zarr",
+            **options,
+        )
+        return zarr.open_array(str(tmp_path / f"{name}_p.zarr"))[...]
+
+    def on_cluster(name, **extra):
+        result = predict_on_cluster(
+            model_path,
+            spec,
+            tmp_path / f"{name}.zarr",
+            scheduler=cluster,
+            torch_threads=1,
+            probabilities=tmp_path / f"{name}_p.zarr",
+            **options,
+            **extra,
+        )
+        return result, zarr.open_array(str(tmp_path / f"{name}_p.zarr"))[...]
+
+    blended = single("blended")
+    model.forest_blend = None
+    network = single("network")
+    assert np.abs(blended - network).max() > 0.05  # the forest does change the probabilities
+    _, remote = on_cluster("remote")
+    np.testing.assert_allclose(remote, blended, atol=1e-6, rtol=0)
+    # Leaving the forest out into the same output starts afresh: no block of the blend is kept.
+    result, remote = on_cluster("remote", network_only=True)
+    assert result.blocks_skipped == 0
+    np.testing.assert_allclose(remote, network, atol=1e-6, rtol=0)
 
 
 def test_worker_errors_reach_the_client(tmp_path, cluster):

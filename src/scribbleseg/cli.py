@@ -231,6 +231,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_image_options(predict)
     predict.add_argument("--tta", action="store_true", help="average over flipped copies (slower)")
     predict.add_argument(
+        "--network-only",
+        action="store_true",
+        help="leave out the random forest the model mixes into its prediction (--forest-blend): "
+        "faster on very large images, the network's own prediction",
+    )
+    predict.add_argument(
         "--float32",
         action="store_true",
         help="compute in float32 (default: bf16/fp16 mixed precision where the GPU or CPU has it natively)",
@@ -428,7 +434,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
     from scribbleseg.core.blockwise import BlockwiseProgress, predict_blockwise, reading_image
     from scribbleseg.core.inference import resolve_device
-    from scribbleseg.distributed import ImageSpec, predict_on_cluster, weights_fingerprint
+    from scribbleseg.distributed import ImageSpec, predict_on_cluster, prediction_id, weights_fingerprint
     from scribbleseg.io.arrays import file_format, output_path, write_array
     from scribbleseg.io.checkpoint import load_model, read_metadata
     from scribbleseg.io.zarr import lazy_zarr
@@ -492,17 +498,25 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     if args.scheduler:
         image = ImageSpec(str(image_path), source.channel_axis, source.spacing, normalisation)
         result = predict_on_cluster(
-            args.model, image, labels_target, scheduler=args.scheduler, device=args.device, **options
+            args.model,
+            image,
+            labels_target,
+            scheduler=args.scheduler,
+            device=args.device,
+            network_only=args.network_only,
+            **options,
         )
     else:
         model, _ = load_model(args.model, device=device)
+        if args.network_only:
+            model.forest_blend = None
         result = predict_blockwise(
             model,
             source,
             labels_target,
             class_values=meta.class_values,
             device=device,
-            model_id=weights_fingerprint(args.model),
+            model_id=prediction_id(weights_fingerprint(args.model), args.network_only),
             image_name=str(image_path),
             **options,
         )

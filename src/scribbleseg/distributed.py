@@ -113,6 +113,11 @@ def weights_fingerprint(model_path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
+def prediction_id(model_id: str, network_only: bool) -> str:
+    """Identify what a resumable prediction used: the model, and whether its forest was left out."""
+    return f"{model_id} network only" if network_only else model_id
+
+
 def parse_scheduler(scheduler: str) -> tuple[str, int | None]:
     """Split ``scheduler`` into ``("local", n_workers)`` or ``("address", None)``.
 
@@ -186,18 +191,20 @@ def cluster_client(scheduler: str | Client) -> Iterator[tuple[Client, int | None
 _CACHE_LOCK = threading.Lock()
 #: One forward pass at a time per process (one GPU, or one torch thread pool).
 _COMPUTE_LOCK = threading.Lock()
-_MODELS: dict[tuple[str, str, str], tuple[ScribbleNet, Any]] = {}
+_MODELS: dict[tuple[str, str, str, bool], tuple[ScribbleNet, Any]] = {}
 _SOURCES: dict[ImageSpec, ImageSource] = {}
 _THREADS_SET: list[int] = []
 #: Models loaded by this process (diagnostics: one per worker and model is expected).
 MODEL_LOADS: list[str] = []
 
 
-def _worker_model(model_path: str, model_id: str, device: str) -> tuple[ScribbleNet, Any]:
+def _worker_model(
+    model_path: str, model_id: str, device: str, network_only: bool = False
+) -> tuple[ScribbleNet, Any]:
     from scribbleseg.core.inference import resolve_device
     from scribbleseg.io.checkpoint import load_model
 
-    key = (model_path, model_id, device)
+    key = (model_path, model_id, device, network_only)
     with _CACHE_LOCK:
         if key not in _MODELS:
             if weights_fingerprint(model_path) != model_id:
@@ -206,6 +213,8 @@ def _worker_model(model_path: str, model_id: str, device: str) -> tuple[Scribble
                 )
             dev = resolve_device(device)
             model, _ = load_model(model_path, device=dev)
+            if network_only:
+                model.forest_blend = None
             MODEL_LOADS.append(model_path)
             _MODELS.clear()  # keep one model per process
             _MODELS[key] = (model, dev)
@@ -228,6 +237,7 @@ def _predict_block_task(
     image: ImageSpec,
     device: str,
     torch_threads: int | None,
+    network_only: bool = False,
 ) -> tuple[int, ...]:
     """Run on a worker: predict, write and mark one block."""
     import dask
@@ -238,7 +248,7 @@ def _predict_block_task(
     if torch_threads is not None and not _THREADS_SET:
         torch.set_num_threads(torch_threads)
         _THREADS_SET.append(torch_threads)
-    model, dev = _worker_model(model_path, model_id, device)
+    model, dev = _worker_model(model_path, model_id, device, network_only)
     source = _worker_source(image)
     # Reads inside a task: compute the image's dask graph here, not as new cluster tasks.
     with _COMPUTE_LOCK, dask.config.set(scheduler="synchronous"):
@@ -268,6 +278,7 @@ def predict_on_cluster(
     device: str = "auto",
     amp: bool = True,
     torch_threads: int | None = None,
+    network_only: bool = False,
     progress: Callable[[BlockwiseProgress], None] | None = None,
 ) -> BlockwiseResult:
     """Predict a whole image block by block on a dask cluster, into zarr arrays.
@@ -296,6 +307,8 @@ def predict_on_cluster(
     torch_threads : int, optional
         CPU threads for torch on each worker; ``local:N`` defaults to the
         machine's cores divided by N.
+    network_only : bool
+        Leave out the model's forest blend (faster; the network's own prediction).
     progress : callable, optional
         Called with a :class:`~scribbleseg.core.blockwise.BlockwiseProgress`
         as blocks finish (in completion order); an exception it raises cancels
@@ -344,7 +357,7 @@ def predict_on_cluster(
         labels,
         image_shape=source.spatial_shape,
         class_values=metadata.class_values,
-        model_id=model_id,
+        model_id=prediction_id(model_id, network_only),
         image_id=image_facts(source, image.path),
         probabilities=probabilities,
         probabilities_dtype=probabilities_dtype,
@@ -374,6 +387,7 @@ def predict_on_cluster(
                 image=image,
                 device=device,
                 torch_threads=threads,
+                network_only=network_only,
                 pure=False,
             )
             try:

@@ -143,6 +143,26 @@ def test_usage_errors_are_one_line(tmp_path, files2d):
     assert_bad_input(_train(files2d, tmp_path / "m", "--forest-blend", "1.5"), "forest-blend", "[0, 1]")
 
 
+def test_the_saved_forest_is_used_unless_network_only(tmp_path, files2d):
+    model = tmp_path / "m"
+    result = run_cli(
+        "train", files2d["image"], files2d["labels"], "-o", model, "--time-budget", "6", "--device", "cpu"
+    )
+    assert result.returncode == 0, result.stderr
+    document = json.loads((model / "model.json").read_text())
+    assert document["forest_blend"]["weight"] > 0, "the forest did not come in within 6 s"
+    assert (model / "forest.skops").is_file()
+    probabilities = {}
+    for name, extra in (("blend", ()), ("network", ("--network-only",))):
+        out, probs = tmp_path / f"{name}.tif", tmp_path / f"{name}.npy"
+        result = run_cli(
+            "predict", model, files2d["image"], "-o", out, "--probabilities", probs, "--device", "cpu", *extra
+        )
+        assert result.returncode == 0, result.stderr
+        probabilities[name] = np.load(probs)
+    assert np.abs(probabilities["blend"] - probabilities["network"]).max() > 0.01
+
+
 def test_forest_blend_option_reaches_the_model(tmp_path, files2d):
     result = _train(files2d, tmp_path / "m", "--forest-blend", "0")
     assert result.returncode == 0, result.stderr
