@@ -288,8 +288,9 @@ class ForestBlend:
     On a CPU the network of a 3D image gets a few hundred steps in minutes, while the forest
     teacher (:class:`ForestTeacher`) is right after seconds; mixing the two,
     ``(1 - weight) * network + weight * forest``, is close to or above the better of the two
-    there, far above the network alone (``docs/benchmarks.md``). The trainer lowers ``weight`` as the network trains, to 0 when the
-    teacher has faded out (``TrainConfig.forest_blend``), so a well-trained network stands alone.
+    there, far above the network alone (``docs/benchmarks.md``). The trainer lowers ``weight`` as
+    the network trains, to 0 when the teacher has faded out (``TrainConfig.forest_blend``), so a
+    well-trained network stands alone.
 
     Parameters
     ----------

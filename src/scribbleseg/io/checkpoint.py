@@ -385,11 +385,14 @@ def _load_forest(folder: pathlib.Path, description: Any, metadata: ModelMetadata
     path = folder / FOREST_FILE
     if not path.is_file():
         raise ModelFileError(f"{folder} has no {FOREST_FILE}: the model is incomplete — save it again")
-    if path.stat().st_size > _MAX_FOREST_BYTES:
-        raise ModelFileError(f"{path} is too large for a forest ({path.stat().st_size} bytes): not ours")
+    size = path.stat().st_size
+    if size > _MAX_FOREST_BYTES:
+        raise ModelFileError(f"{path} is too large for a forest ({size} bytes): not ours")
     data = path.read_bytes()
     try:
+        # The types are checked first: nothing is built from a file that holds any other.
         untrusted = set(skops.io.get_untrusted_types(data=data)) - set(_FOREST_TYPES)
+        forest = None if untrusted else skops.io.loads(data, trusted=_FOREST_TYPES)
     except Exception as exc:  # a corrupt or foreign file: zip or schema errors
         raise ModelFileError(
             f"{path} is not a valid skops file (corrupt, truncated or not ours): {exc}"
@@ -398,12 +401,6 @@ def _load_forest(folder: pathlib.Path, description: Any, metadata: ModelMetadata
         raise ModelFileError(
             f"{path} holds types that are not part of a forest and are never loaded: {sorted(untrusted)}"
         )
-    try:
-        forest = skops.io.loads(data, trusted=_FOREST_TYPES)
-    except Exception as exc:
-        raise ModelFileError(
-            f"{path} is not a valid skops file (corrupt, truncated or not ours): {exc}"
-        ) from None
     from sklearn.ensemble import RandomForestClassifier
 
     _check_file(isinstance(forest, RandomForestClassifier), f"{path} does not hold a random forest")
