@@ -18,13 +18,17 @@ method gets the same annotations and the same CPU threads:
     The defaults without the moving average of the weights (``TrainConfig.weight_average=0``).
 ``noblend``
     The defaults without the forest mixed into the prediction (``TrainConfig.forest_blend=0``).
+``prevalence``
+    The defaults with the prevalence correction (``TrainConfig.prevalence_correction=True``,
+    off by default).
 ``dense``
     The default network trained with every voxel labelled (upper bound; independent of the
     annotation, so run once per seed).
 
 The other network methods train without the weight average and the forest blend: ``pce`` and
 ``dense`` are the plain baselines the issue defines, and the loss ablation isolates the loss terms;
-``noaverage`` and ``noblend`` against ``defaults`` show what the average and the blend add.
+``noaverage``, ``noblend`` and ``prevalence`` against ``defaults`` show what the average, the blend
+and the prevalence correction add.
 
 Each network trains once per seed and is evaluated at every budget in ``--budgets`` (the clock
 stops while it is evaluated): the mean foreground Dice of the whole-image prediction. Results are
@@ -69,6 +73,7 @@ NETWORK_METHODS = (
     "all",
     "noaverage",
     "noblend",
+    "prevalence",
     "defaults",
 )
 METHODS = ("rf", *NETWORK_METHODS, "dense")
@@ -82,6 +87,7 @@ LABELS = {
     "all": "pCE + all three regularizers",
     "noaverage": "defaults without weight averaging",
     "noblend": "defaults without the forest blend",
+    "prevalence": "defaults with the prevalence correction",
     "defaults": "**ScribbleSeg defaults**",
     "dense": "dense labels (upper bound)",
 }
@@ -152,6 +158,8 @@ def train_for(method: str, *, seed: int, threads: int) -> Any:
     config = TrainConfig(seed=seed, device="cpu", num_threads=threads)
     if method == "defaults":
         return config
+    if method == "prevalence":
+        return replace(config, prevalence_correction=True)
     if method == "noaverage":
         return replace(config, weight_average=0.0)
     if method == "noblend":

@@ -207,6 +207,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"falling as the network trains, to 0 after {defaults.teacher_steps} steps "
         f"(0 = network only; default {TrainConfig.forest_blend})",
     )
+    train.add_argument(
+        "--prevalence-correction",
+        action="store_true",
+        help="re-weight predictions to the class shares they imply over the image: narrows objects "
+        "that come out too wide, but shrinks objects whose strokes cover only their core (off by default)",
+    )
     train.add_argument("--background-class", type=int, metavar="K", help="class value that is background")
     train.add_argument("--quiet", action="store_true", help="no progress lines")
     train.set_defaults(func=_cmd_train)
@@ -371,6 +377,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "device": args.device,
         "weight_average": args.weight_average,
         "forest_blend": args.forest_blend,
+        "prevalence_correction": args.prevalence_correction,
     }
     if args.steps is None and args.time_budget is None:
         train_options["time_budget"] = 120.0

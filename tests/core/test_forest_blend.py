@@ -30,7 +30,8 @@ def _forest(image, scribbles, weight=0.5):
     target = labels_to_target(scribbles)
     teacher = ForestTeacher(source, target, trees=10, threads=1)
     assert teacher.fit()
-    return source, target, teacher, ForestBlend(teacher.forest, teacher.spec, weight, target.num_classes)
+    blend = ForestBlend(teacher.forest, teacher.spec, weight, target.num_classes, factors=teacher.factors)
+    return source, target, teacher, blend
 
 
 def _trainer_with_forest(image, scribbles, **train):

@@ -117,8 +117,9 @@ def test_json_content(tmp_path):
     folder, _, metadata = _saved(tmp_path)
     document = json.loads((folder / "model.json").read_text())
     assert document["format"] == FORMAT_NAME == "scribbleseg-model"
-    assert document["format_version"] == FORMAT_VERSION == 2
+    assert document["format_version"] == FORMAT_VERSION == 3
     assert document["forest_blend"] is None
+    assert document["class_factors"] is None
     assert document["class_values"] == [1, 2, 5]
     assert document["model"] == TINY.to_dict()
     assert document["version"] == __version__
@@ -129,11 +130,14 @@ def test_json_content(tmp_path):
 def _saved_with_forest(tmp_path, blobs2d, weight=0.4):
     image, scribbles, _ = blobs2d
     source = ImageSource(image)
-    teacher = ForestTeacher(source, labels_to_target(scribbles), trees=5, threads=1)
+    teacher = ForestTeacher(
+        source, labels_to_target(scribbles), trees=5, threads=1, prevalence_correction=True
+    )
     assert teacher.fit()
     metadata = _metadata(spatial_dims=2, in_channels=1, class_values=(1, 2))
     network = _trained_network(metadata)
-    network.forest_blend = ForestBlend(teacher.forest, teacher.spec, weight, 2)
+    network.forest_blend = ForestBlend(teacher.forest, teacher.spec, weight, 2, factors=teacher.factors)
+    network.class_factors = (1.25, 0.75)
     return save_model(tmp_path / "model", network, metadata), network, source
 
 
@@ -147,9 +151,13 @@ def test_round_trip_keeps_the_forest_blend(tmp_path, blobs2d):
         "sigmas": list(spec.sigmas),
         "smoothing_only_below": spec.smoothing_only_below,
         "file": FOREST_FILE,
+        "class_factors": list(network.forest_blend.factors),
     }
+    assert document["class_factors"] == [1.25, 0.75]
     loaded, _ = load_model(folder)
     assert loaded.forest_blend.weight == 0.4 and loaded.forest_blend.spec == spec
+    assert loaded.forest_blend.factors == network.forest_blend.factors
+    assert loaded.class_factors == (1.25, 0.75)
     region = (slice(0, 64), slice(0, 80))
     np.testing.assert_array_equal(
         loaded.forest_blend.probabilities(source, region), network.forest_blend.probabilities(source, region)
@@ -166,11 +174,25 @@ def test_version_1_folders_still_load(tmp_path):
 
     def as_version_1(document):
         document["format_version"] = 1
-        del document["forest_blend"]
+        del document["forest_blend"], document["class_factors"]
 
     _edit_json(folder, as_version_1)
     loaded, loaded_metadata = load_model(folder)
     assert loaded.forest_blend is None and loaded_metadata == metadata
+
+
+def test_version_2_folders_still_load(tmp_path, blobs2d):
+    folder, network, _ = _saved_with_forest(tmp_path, blobs2d)
+
+    def as_version_2(document):
+        document["format_version"] = 2
+        del document["class_factors"]
+        del document["forest_blend"]["class_factors"]
+
+    _edit_json(folder, as_version_2)
+    loaded, _ = load_model(folder)
+    assert loaded.class_factors is None and loaded.forest_blend.factors is None
+    assert loaded.forest_blend.weight == network.forest_blend.weight
 
 
 def test_a_forest_file_with_other_types_is_never_loaded(tmp_path, blobs2d):
@@ -195,6 +217,18 @@ def test_a_forest_file_with_other_types_is_never_loaded(tmp_path, blobs2d):
             "the forest takes",
         ),
         (lambda folder: _edit_json(folder, lambda d: d["forest_blend"].pop("sigmas")), "must hold exactly"),
+        (
+            lambda folder: _edit_json(folder, lambda d: d["forest_blend"].update(class_factors=[1, -1])),
+            "class_factors: prevalence factors must be 2 finite numbers >= 0",
+        ),
+        (
+            lambda folder: _edit_json(folder, lambda d: d.update(class_factors=[1.0, 1.0, 1.0])),
+            "class_factors: prevalence factors must be 2",
+        ),
+        (
+            lambda folder: _edit_json(folder, lambda d: d.update(class_factors="x")),
+            "class_factors must be a list of numbers",
+        ),
         (
             lambda folder: _edit_json(folder, lambda d: d["forest_blend"].update(sigmas=[-1])),
             "sigmas must be positive",
@@ -327,8 +361,8 @@ def test_missing_json_field_is_refused(tmp_path):
 
 def test_format_and_version_are_checked(tmp_path):
     folder, _, _ = _saved(tmp_path)
-    _edit_json(folder, lambda d: d.update(format_version=3))
-    with pytest.raises(ModelFileError, match="format version 3"):
+    _edit_json(folder, lambda d: d.update(format_version=4))
+    with pytest.raises(ModelFileError, match="format version 4"):
         load_model(folder)
     _edit_json(folder, lambda d: d.update(format_version=2, format="something-else"))
     with pytest.raises(ModelFileError, match="not a ScribbleSeg model"):

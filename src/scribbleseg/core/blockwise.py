@@ -55,6 +55,7 @@ from scribbleseg.core.inference import (
     resolve_device,
 )
 from scribbleseg.core.models import DOWNSAMPLING, ScribbleNet
+from scribbleseg.core.prevalence import reweight
 from scribbleseg.core.volume import ImageSource, region_bounds
 from scribbleseg.errors import ConfigError, InputError, ScribbleSegError
 from scribbleseg.io.zarr import ATTRIBUTES_KEY
@@ -303,8 +304,8 @@ def predict_grid(
     Parameters
     ----------
     model : ScribbleNet
-        Run in eval mode (its mode is restored afterwards). Its ``forest_blend``, if any, is
-        mixed into the probabilities.
+        Run in eval mode (its mode is restored afterwards). Its ``class_factors``, if any,
+        re-weight the network's probabilities, and its ``forest_blend``, if any, is mixed in.
     source : ImageSource
         The image; only the windows touching ``region`` are read.
     region : tuple of slice, optional
@@ -375,6 +376,7 @@ def predict_grid(
         shape = [1] * numerator.ndim
         shape[axis + 1] = total.size
         numerator /= total.reshape(shape)
+    numerator = reweight(numerator, getattr(model, "class_factors", None))
     blend = getattr(model, "forest_blend", None)
     if blend is not None and blend.weight > 0:
         with reading_image(f"the image at {_describe_region(region)}"):
@@ -593,12 +595,15 @@ def default_block_shape(chunks: Sequence[int]) -> tuple[int, ...]:
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 of a model's weights (names, shapes and values) and of its forest blend, if any."""
+    """SHA-256 of a model's weights (names, shapes and values), class factors and forest blend."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         value = tensor.detach().cpu().contiguous()
         digest.update(f"{name}:{tuple(value.shape)}:{value.dtype}".encode())
         digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes())
+    factors = getattr(model, "class_factors", None)
+    if factors is not None:
+        digest.update(f"class factors:{tuple(factors)!r}".encode())
     blend = getattr(model, "forest_blend", None)
     if blend is not None and blend.weight > 0:
         digest.update(f"forest blend:{blend.fingerprint()}".encode())

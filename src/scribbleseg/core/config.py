@@ -276,6 +276,15 @@ class TrainConfig(_DictMixin):
         either alone (``docs/benchmarks.md``). 0 = the network only. The trainer fits the forest
         whenever this or ``LossConfig.teacher_weight`` is above 0; the model carries the forest
         (:class:`~scribbleseg.core.pixel_classifier.ForestBlend`) into prediction and saving.
+    prevalence_correction : bool
+        Re-weight the forest's and the network's probabilities to the class prevalence they imply
+        over the image (:mod:`scribbleseg.core.prevalence`). Off by default: it moves the
+        undecided band along boundaries to the majority class, which narrows objects that came
+        out too wide (the nuclei sample: strokes away from boundaries, nuclei painted more than
+        they cover) but shrinks objects whose strokes cover only their core
+        (``docs/benchmarks.md``). The factors are estimated after the forest is fitted and every
+        250 steps from the network's probabilities; the model carries them into prediction and
+        saving.
     """
 
     steps: int | None = None
@@ -294,6 +303,7 @@ class TrainConfig(_DictMixin):
     feature_preview_steps: int = 300
     weight_average: float = 0.99
     forest_blend: float = 0.7
+    prevalence_correction: bool = False
 
     def __post_init__(self) -> None:
         if self.steps is not None:
@@ -316,6 +326,10 @@ class TrainConfig(_DictMixin):
         blend = float(self.forest_blend)
         _check(0.0 <= blend <= 1.0, f"forest_blend must be in [0, 1], got {self.forest_blend}")
         object.__setattr__(self, "forest_blend", blend)
+        _check(
+            isinstance(self.prevalence_correction, bool),
+            f"prevalence_correction must be True or False, got {self.prevalence_correction!r}",
+        )
         rate, decay = float(self.learning_rate), float(self.weight_decay)
         _check(math.isfinite(rate) and rate > 0, f"learning_rate must be a finite number > 0, got {rate}")
         _check(math.isfinite(decay) and decay >= 0, f"weight_decay must be a finite number >= 0, got {decay}")

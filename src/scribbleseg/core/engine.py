@@ -53,6 +53,7 @@ from scribbleseg.core.losses import (
 )
 from scribbleseg.core.models import DOWNSAMPLING, ScribbleNet, build_model
 from scribbleseg.core.pixel_classifier import ForestBlend, ForestTeacher, feature_preview
+from scribbleseg.core.prevalence import estimate_factors, reweight
 from scribbleseg.core.sampling import PatchSampler
 from scribbleseg.core.volume import ImageSource, clip_region
 from scribbleseg.errors import ConfigError, ScribbleSegError
@@ -258,6 +259,10 @@ class Trainer:
         self._teacher_job: tuple[threading.Thread, ForestTeacher, int] | None = None
         self._teacher_cancel = threading.Event()
         self._teacher_message: str | None = None
+        # Prevalence factors of the network's probabilities (TrainConfig.prevalence_correction)
+        # and the step they were estimated at.
+        self._class_factors: tuple[float, ...] | None = None
+        self._class_factors_step = -math.inf
 
     # ----------------------------------------------------------------- control
     def stop(self) -> None:
@@ -358,9 +363,11 @@ class Trainer:
             try:
                 # After a Stop, fewer passes: the user is waiting (Stop within a second).
                 self.recalibrate_batch_norm(batches=2 if reason == "stopped" else 8)
+                self._refresh_class_factors(self.model, force=True)
             except torch.OutOfMemoryError:
                 self._release_memory()
                 message = "out of memory while re-estimating batch-norm statistics: kept the running ones"
+        self.model.class_factors = self._class_factors
         self.seconds += clock.elapsed()
         self.model.eval()
         yield record(done=True, reason=reason, message=message)
@@ -509,14 +516,12 @@ class Trainer:
                 return Preview(region, labels, probabilities, step=self.step, source="features")
         # The averaged weights: in ``_average`` during a run, in ``model`` between runs.
         average_apart = self._average is not None and self._raw_weights is None
+        model = self._average if average_apart else self.model
         probabilities = predict_region(
-            self._average if average_apart else self.model,
-            self.source,
-            region,
-            halo=self._preview_halo,
-            device=self.device,
-            amp=True,
+            model, self.source, region, halo=self._preview_halo, device=self.device, amp=True
         )
+        self._refresh_class_factors(model)
+        probabilities = reweight(probabilities, self._class_factors)
         blend = self._blend_weight()
         if blend > 0:
             assert self._teacher is not None
@@ -555,6 +560,34 @@ class Trainer:
                 m.momentum = momentum
             self.model.train(was_training)
 
+    @torch.no_grad()
+    def _refresh_class_factors(self, model: torch.nn.Module, *, force: bool = False) -> None:
+        """Re-estimate the network's prevalence factors when older than 250 steps (or ``force``).
+
+        They come from the network's probabilities on up to 8 patch-sized regions spread over the
+        image (the same regions every time), so the cost is bounded by the patch, not the image.
+        """
+        if not self.train_config.prevalence_correction:
+            self._class_factors = None
+            return
+        if not force and self.step - self._class_factors_step < 250:
+            return
+        shape = self.source.spatial_shape
+        patch = [min(p, n) for p, n in zip(self.patch_size, shape, strict=True)]
+        count = min(8, math.ceil(math.prod(shape) / math.prod(patch)))
+        rng = np.random.default_rng(self.train_config.seed)
+        samples = []
+        for _ in range(count):
+            starts = [int(rng.integers(0, n - p + 1)) for p, n in zip(patch, shape, strict=True)]
+            region = tuple(slice(a, a + p) for a, p in zip(starts, patch, strict=True))
+            probabilities = predict_region(
+                model, self.source, region, halo=self._preview_halo, device=self.device, amp=True
+            )
+            samples.append(probabilities.reshape(self.target.num_classes, -1))
+        factors = estimate_factors(np.concatenate(samples, axis=1))
+        self._class_factors = tuple(float(f) for f in factors)
+        self._class_factors_step = self.step
+
     def _teacher_fade(self) -> float:
         """1 when the first forest teacher is adopted, falling linearly to 0 over ``teacher_steps``."""
         if self._teacher is None:
@@ -574,7 +607,9 @@ class Trainer:
         if weight == 0 or teacher is None or teacher.forest is None:
             self.model.forest_blend = None
             return
-        self.model.forest_blend = ForestBlend(teacher.forest, teacher.spec, weight, self.target.num_classes)
+        self.model.forest_blend = ForestBlend(
+            teacher.forest, teacher.spec, weight, self.target.num_classes, factors=teacher.factors
+        )
 
     def _update_teacher(self) -> None:
         """Adopt a teacher fitted in the background; start fitting one when labels changed.
@@ -615,6 +650,7 @@ class Trainer:
             seed=self.train_config.seed,
             threads=torch.get_num_threads(),
             should_stop=self._teacher_cancel.is_set,
+            prevalence_correction=self.train_config.prevalence_correction,
         )
         if not teacher.available:
             self._teacher_failed = True  # too large: no teacher for this image

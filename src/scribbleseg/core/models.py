@@ -10,7 +10,9 @@ was computed in (live previews, sliding windows and blockwise prediction agree).
 
 A trained network may carry a :class:`~scribbleseg.core.pixel_classifier.ForestBlend` in
 ``forest_blend``: sliding-window and blockwise prediction mix its probabilities into the
-network's (set by the trainer, saved and loaded with the model).
+network's; and prevalence factors in ``class_factors`` that re-weight the network's probabilities
+first (:mod:`scribbleseg.core.prevalence`). Both are set by the trainer and saved and loaded
+with the model.
 """
 
 from __future__ import annotations
@@ -94,6 +96,9 @@ class ScribbleNet(nn.Module):
         )
         #: A forest whose probabilities prediction mixes into the network's (not a weight).
         self.forest_blend: ForestBlend | None = None
+        #: Prevalence factors prediction applies to the network's probabilities (not a weight;
+        #: :mod:`scribbleseg.core.prevalence`).
+        self.class_factors: tuple[float, ...] | None = None
 
     def forward(self, image: torch.Tensor, *, with_embedding: bool = False) -> NetworkOutput:
         """Run the network.

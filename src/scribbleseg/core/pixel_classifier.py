@@ -25,6 +25,7 @@ import numpy as np
 
 from scribbleseg.core.annotations import IGNORE_INDEX, SparseTarget
 from scribbleseg.core.features import FeatureSpec, filter_bank, filter_halo
+from scribbleseg.core.prevalence import check_factors, estimate_factors, reweight
 from scribbleseg.core.volume import ImageSource, block_regions, clip_region
 
 __all__ = ["PREVIEW_FEATURES", "ForestBlend", "ForestTeacher", "feature_preview"]
@@ -171,6 +172,9 @@ class ForestTeacher:
         too much memory and time.
     should_stop : callable, optional
         Polled between blocks; when it returns True the computation is abandoned.
+    prevalence_correction : bool
+        Re-weight the probabilities to the class prevalence they imply over the image
+        (:mod:`scribbleseg.core.prevalence`); the factors are kept in :attr:`factors`.
     """
 
     def __init__(
@@ -185,6 +189,7 @@ class ForestTeacher:
         block_shape: Sequence[int] | None = None,
         max_voxels: int = 2**25,
         should_stop: Callable[[], bool] | None = None,
+        prevalence_correction: bool = False,
     ) -> None:
         self.source = source
         self.target = target
@@ -194,7 +199,9 @@ class ForestTeacher:
         self.block_shape = tuple(block_shape or default_block_shape(len(shape)))
         self.max_voxels = max_voxels
         self._should_stop = should_stop or (lambda: False)
+        self.prevalence_correction = prevalence_correction
         self.probabilities: np.ndarray | None = None  # (K, *shape) float16 once fitted
+        self.factors: tuple[float, ...] | None = None  # prevalence factors applied to them
         self.forest: Any = None  # the fitted RandomForestClassifier
         self.abandoned = False  # True when should_stop ended a fit
         self.error: BaseException | None = None  # set by fit_in_background
@@ -262,6 +269,12 @@ class ForestTeacher:
             if features is None:
                 features = self._features(block)
             probabilities[(slice(None), *block)] = _predict_block(forest, features, num_classes)
+        if self.prevalence_correction:
+            factors = estimate_factors(probabilities)
+            for block in self._blocks():
+                index = (slice(None), *block)
+                probabilities[index] = reweight(probabilities[index].astype(np.float32), factors)
+            self.factors = tuple(float(f) for f in factors)
         self.probabilities = probabilities
         self.forest = forest
         return True
@@ -301,12 +314,16 @@ class ForestBlend:
     weight : float
         In [0, 1].
     num_classes : int
+    factors : tuple of float, optional
+        Prevalence factors applied to the forest's probabilities
+        (:func:`~scribbleseg.core.prevalence.reweight`), as :class:`ForestTeacher` estimated them.
     """
 
     forest: Any
     spec: FeatureSpec
     weight: float
     num_classes: int
+    factors: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 <= float(self.weight) <= 1.0:
@@ -317,6 +334,8 @@ class ForestBlend:
                 f"the forest's classes {classes.tolist()} are not class indices below {self.num_classes}"
             )
         object.__setattr__(self, "weight", float(self.weight))
+        if self.factors is not None:
+            object.__setattr__(self, "factors", check_factors(self.factors, self.num_classes))
 
     def probabilities(
         self, source: ImageSource, region: Sequence[slice], *, block_shape: Sequence[int] | None = None
@@ -334,7 +353,8 @@ class ForestBlend:
                 slice(b.start - r.start, b.stop - r.start) for b, r in zip(block, region, strict=True)
             )
             features = _block_features(source, self.spec, block)
-            out[(slice(None), *where)] = _predict_block(self.forest, features, self.num_classes)
+            predicted = _predict_block(self.forest, features, self.num_classes)
+            out[(slice(None), *where)] = reweight(predicted, self.factors)
         return out
 
     def mix(self, network: np.ndarray, forest: np.ndarray) -> np.ndarray:
@@ -345,7 +365,7 @@ class ForestBlend:
 
     def fingerprint(self) -> str:
         """SHA-256 of the weight, the features and every tree (identifies the blend for resuming)."""
-        digest = hashlib.sha256(f"{self.weight!r}:{self.spec!r}:{self.num_classes}".encode())
+        digest = hashlib.sha256(f"{self.weight!r}:{self.spec!r}:{self.num_classes}:{self.factors!r}".encode())
         for tree in self.forest.estimators_:
             state = tree.tree_
             arrays = (state.feature, state.threshold, state.children_left, state.children_right, state.value)

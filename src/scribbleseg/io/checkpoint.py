@@ -3,8 +3,10 @@
 A model is a folder holding two or three files::
 
     MODEL/
-      model.json         {"format": "scribbleseg-model", "format_version": 2, ...ModelMetadata,
-                          "forest_blend": {"weight", "sigmas", "smoothing_only_below", "file"} or null}
+      model.json         {"format": "scribbleseg-model", "format_version": 3, ...ModelMetadata,
+                          "forest_blend": {"weight", "sigmas", "smoothing_only_below", "file",
+                                           "class_factors"} or null,
+                          "class_factors": [one number per class] or null}
       model.safetensors  the network's state dict (weights and batch-norm buffers)
       forest.skops       the forest mixed into predictions (only when forest_blend is not null)
 
@@ -16,7 +18,9 @@ checked before it is copied in. ``torch.load`` is never called, so ``.pt`` /
 ``.pth`` pickles are refused. The forest
 (:class:`~scribbleseg.core.pixel_classifier.ForestBlend`) is stored with ``skops``, whose
 format rebuilds only the types it is told to trust: a random forest of decision trees, and
-nothing else. Version 1 folders (no forest) still load.
+nothing else. ``class_factors`` are the prevalence factors of the network's and of the forest's
+probabilities (:mod:`scribbleseg.core.prevalence`). Version 1 folders (no forest) and version 2
+folders (no prevalence factors) still load.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from scribbleseg.core.config import LossConfig, ModelConfig, TrainConfig
 from scribbleseg.core.features import FeatureSpec
 from scribbleseg.core.models import ScribbleNet, build_model
 from scribbleseg.core.pixel_classifier import ForestBlend
+from scribbleseg.core.prevalence import check_factors
 from scribbleseg.errors import ConfigError, ModelFileError
 
 __all__ = [
@@ -59,16 +64,22 @@ __all__ = [
 ]
 
 FORMAT_NAME = "scribbleseg-model"
-FORMAT_VERSION = 2
-#: Versions of the layout :func:`load_model` reads (1: no forest blend).
-SUPPORTED_FORMAT_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+#: Versions of the layout :func:`load_model` reads (1: no forest blend; 2: no class factors).
+SUPPORTED_FORMAT_VERSIONS = (1, 2, 3)
 METADATA_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
 FOREST_FILE = "forest.skops"
 #: The only types a forest file may hold beyond skops' default trusted ones (numpy, sklearn
 #: estimators such as RandomForestClassifier and DecisionTreeClassifier).
 _FOREST_TYPES = ["sklearn.tree._tree.Tree"]
-_FOREST_KEYS = {"weight", "sigmas", "smoothing_only_below", "file"}
+_FOREST_KEYS = {"weight", "sigmas", "smoothing_only_below", "file"}  # version 3 adds class_factors
+#: model.json's own keys beside ModelMetadata's, by format version.
+_OWN_KEYS = {
+    1: ("format", "format_version"),
+    2: ("format", "format_version", "forest_blend"),
+    3: ("format", "format_version", "forest_blend", "class_factors"),
+}
 #: A forest file larger than this is refused (100 trees on 80 000 voxels take a few MB).
 _MAX_FOREST_BYTES = 1 << 30
 #: A model.json larger than this is not ours (protects against reading a huge file).
@@ -337,12 +348,7 @@ def _read_document(path: str | os.PathLike[str]) -> tuple[pathlib.Path, dict[str
 
 
 def _metadata(folder: pathlib.Path, data: Mapping[str, Any]) -> ModelMetadata:
-    own = (
-        ("format", "format_version")
-        if data["format_version"] == 1
-        else ("format", "format_version", "forest_blend")
-    )
-    fields = {k: v for k, v in data.items() if k not in own}
+    fields = {k: v for k, v in data.items() if k not in _OWN_KEYS[data["format_version"]]}
     try:
         return ModelMetadata.from_dict(fields)
     except (ConfigError, TypeError, ValueError, OverflowError) as exc:  # e.g. int("x") in a config
@@ -357,17 +363,41 @@ def _forest_document(blend: ForestBlend | None) -> dict[str, Any] | None:
         "sigmas": list(blend.spec.sigmas),
         "smoothing_only_below": blend.spec.smoothing_only_below,
         "file": FOREST_FILE,
+        "class_factors": _factors_document(blend.factors),
     }
 
 
-def _load_forest(folder: pathlib.Path, description: Any, metadata: ModelMetadata) -> ForestBlend:
+def _factors_document(factors: Any) -> list[float] | None:
+    return None if factors is None else [float(f) for f in factors]
+
+
+def _class_factors(where: str, value: Any, num_classes: int) -> tuple[float, ...] | None:
+    """Check a model.json ``class_factors`` entry and return it as a tuple (None stays None)."""
+    if value is None:
+        return None
+    _check_file(
+        isinstance(value, list) and all(_is_number(v) for v in value), f"{where} must be a list of numbers"
+    )
+    try:
+        return check_factors(value, num_classes)
+    except ValueError as exc:
+        raise ModelFileError(f"{where}: {exc}") from None
+
+
+def _load_forest(
+    folder: pathlib.Path, description: Any, metadata: ModelMetadata, version: int
+) -> ForestBlend:
     """Read and check the forest a model folder's ``forest_blend`` entry describes."""
     import skops.io
 
     where = f"{folder / METADATA_FILE}: forest_blend"
+    keys = _FOREST_KEYS | ({"class_factors"} if version >= 3 else set())
     _check_file(
-        isinstance(description, Mapping) and set(description) == _FOREST_KEYS,
-        f"{where} must hold exactly {sorted(_FOREST_KEYS)}",
+        isinstance(description, Mapping) and set(description) == keys,
+        f"{where} must hold exactly {sorted(keys)}",
+    )
+    factors = _class_factors(
+        f"{where}: class_factors", description.get("class_factors"), metadata.num_classes
     )
     _check_file(description["file"] == FOREST_FILE, f"{where}: file must be {FOREST_FILE!r}")
     weight, sigmas = description["weight"], description["sigmas"]
@@ -411,7 +441,7 @@ def _load_forest(folder: pathlib.Path, description: Any, metadata: ModelMetadata
         f"the model's filters give {features}",
     )
     try:
-        return ForestBlend(forest, spec, float(weight), metadata.num_classes)
+        return ForestBlend(forest, spec, float(weight), metadata.num_classes, factors=factors)
     except ValueError as exc:
         raise ModelFileError(f"{path}: {exc}") from None
 
@@ -514,6 +544,9 @@ def save_model(path: str | os.PathLike[str], model: torch.nn.Module, metadata: M
         "format_version": FORMAT_VERSION,
         **metadata.to_dict(),
         "forest_blend": _forest_document(blend),
+        "class_factors": _factors_document(
+            getattr(getattr(model, "_orig_mod", model), "class_factors", None)
+        ),
     }
 
     temporary: pathlib.Path | None = None
@@ -600,7 +633,11 @@ def load_model(
     _compare_weights(weights, expected, str(weights_path))
     network = _build(metadata)
     network.load_state_dict(weights, strict=True)
+    version = document["format_version"]
     if document.get("forest_blend") is not None:
-        network.forest_blend = _load_forest(folder, document["forest_blend"], metadata)
+        network.forest_blend = _load_forest(folder, document["forest_blend"], metadata, version)
+    if version >= 3:
+        where = f"{folder / METADATA_FILE}: class_factors"
+        network.class_factors = _class_factors(where, document.get("class_factors"), metadata.num_classes)
     network.eval()
     return network.to(device), metadata

@@ -12,7 +12,7 @@ import dataclasses
 import os
 from typing import NamedTuple
 
-from magicgui.widgets import ComboBox, Container, FloatSpinBox, LineEdit, SpinBox
+from magicgui.widgets import CheckBox, ComboBox, Container, FloatSpinBox, LineEdit, SpinBox
 from qtpy.QtWidgets import QVBoxLayout, QWidget
 from superqt import QCollapsible
 
@@ -59,7 +59,7 @@ class SettingsPanel(QWidget):
         ``patch_size``, ``batch_size``, ``learning_rate``, ``contrastive_weight``, ``crf_weight``,
         ``dynamic_crf_weight``, ``dice_weight``, ``teacher_weight``, ``point_radius``, ``max_steps``,
         ``max_seconds``, ``preview_interval``, ``feature_preview_steps``, ``weight_average``,
-        ``forest_blend``, ``seed``; shown by unfolding "Advanced".
+        ``forest_blend``, ``prevalence_correction``, ``seed``; shown by unfolding "Advanced".
     """
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -143,6 +143,12 @@ class SettingsPanel(QWidget):
             tooltip="weight of the random forest mixed into previews and predictions, falling as the "
             "network trains; 0 = network only",
         )
+        self.prevalence_correction = CheckBox(
+            label="prevalence correction",
+            value=_TRAIN.prevalence_correction,
+            tooltip="re-weight predictions to the class shares they imply over the image: narrows "
+            "objects that come out too wide, shrinks objects painted only in their core",
+        )
         self.seed = SpinBox(label="seed", value=_TRAIN.seed, min=0, max=2**31 - 1)
         self.advanced = Container(
             widgets=[
@@ -161,6 +167,7 @@ class SettingsPanel(QWidget):
                 self.feature_preview_steps,
                 self.weight_average,
                 self.forest_blend,
+                self.prevalence_correction,
                 self.seed,
             ],
             labels=True,
@@ -231,6 +238,7 @@ class SettingsPanel(QWidget):
             feature_preview_steps=self.feature_preview_steps.value,
             weight_average=self.weight_average.value,
             forest_blend=self.forest_blend.value,
+            prevalence_correction=self.prevalence_correction.value,
         )
         return Configs(model, loss, train)
 
@@ -249,6 +257,7 @@ class SettingsPanel(QWidget):
         self.network.value = model.size
         self.device.value = train.device
         self.patch_size.value = "auto" if train.patch_size is None else ",".join(map(str, train.patch_size))
+        self.prevalence_correction.value = train.prevalence_correction
         notes: list[str] = []
         for widget, value in (
             (self.batch_size, train.batch_size or 0),
