@@ -210,8 +210,9 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--prevalence-correction",
         action="store_true",
-        help="re-weight predictions to the class shares they imply over the image: narrows objects "
-        "that come out too wide, but shrinks objects whose strokes cover only their core (off by default)",
+        help="re-weight predictions to the class shares they imply over the image (off by default): "
+        "narrows objects that come out too wide from scribbles, but can wipe out a class trained on a few "
+        "point clicks and shrinks objects whose strokes cover only their core",
     )
     train.add_argument("--background-class", type=int, metavar="K", help="class value that is background")
     train.add_argument("--quiet", action="store_true", help="no progress lines")

@@ -171,6 +171,21 @@ def test_forest_blend_option_reaches_the_model(tmp_path, files2d):
     assert document["forest_blend"] is None and not (tmp_path / "m" / "forest.skops").exists()
 
 
+def test_prevalence_correction_option_reaches_the_model(tmp_path, files2d):
+    result = _train(files2d, tmp_path / "plain")
+    assert result.returncode == 0, result.stderr
+    document = json.loads((tmp_path / "plain" / "model.json").read_text())
+    assert document["train"]["prevalence_correction"] is False and document["class_factors"] is None
+    result = _train(files2d, tmp_path / "m", "--prevalence-correction")
+    assert result.returncode == 0, result.stderr
+    document = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert document["train"]["prevalence_correction"] is True
+    assert len(document["class_factors"]) == 2 and all(f > 0 for f in document["class_factors"])
+    out = tmp_path / "pred.tif"
+    result = run_cli("predict", tmp_path / "m", files2d["image"], "-o", out, "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+
+
 def test_nan_image_trains_and_predicts_with_a_warning(tmp_path, files2d, blobs2d):
     image = blobs2d[0].copy()
     image[3:7, 3:7] = np.nan
