@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 import warnings
@@ -607,24 +608,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.func(args))
     except ScribbleSegError as exc:
-        _say(f"error: {_one_line(exc)}")
-        return EXIT_BAD_INPUT
+        return _fail(f"error: {_one_line(exc)}", EXIT_BAD_INPUT)
     except KeyboardInterrupt:
-        _say("interrupted")
-        return 130
+        return _fail("interrupted", 130)
     except MemoryError:
-        _say("error: out of memory; try a smaller --patch-size / --batch-size or a machine with more memory")
-        return EXIT_BAD_INPUT
+        return _fail(
+            "error: out of memory; try a smaller --patch-size / --batch-size or a machine with more memory",
+            EXIT_BAD_INPUT,
+        )
     except OSError as exc:  # disk full, permission denied … on paths the user gave us
-        _say(f"error: {_one_line(exc)}")
-        return EXIT_BAD_INPUT
+        return _fail(f"error: {_one_line(exc)}", EXIT_BAD_INPUT)
     except Exception as exc:
         if args.debug:
             raise
-        _say(f"internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for details)")
-        return EXIT_INTERNAL
+        message = f"internal error: {type(exc).__name__}: {_one_line(exc)} (rerun with --debug for details)"
+        return _fail(message, EXIT_INTERNAL)
     finally:
         warnings.showwarning = previous
+
+
+def _fail(message: str, status: int) -> int:
+    """Report ``message`` as the one line of a failed command and return ``status``.
+
+    Writes that the failure abandoned (zarr's asyncio tasks, e.g. on a full disk) would otherwise
+    add "Task was destroyed but it is pending!" reports to stderr when the process exits.
+    """
+    _say(message)
+    logging.getLogger("asyncio").setLevel(logging.CRITICAL + 1)
+    return status
 
 
 def _one_line(exc: BaseException) -> str:
