@@ -78,8 +78,10 @@ def trained_probabilities(
 
 
 def normalised(image: np.ndarray) -> np.ndarray:
-    low, high = np.percentile(image, [0.5, 99.5])
-    return ((image - low) / max(high - low, 1e-12)).astype(np.float32)
+    """The image as the trainer normalises it (:class:`~scribbleseg.core.volume.Normalisation`)."""
+    from scribbleseg.core.volume import ImageSource, Normalisation
+
+    return Normalisation.from_source(ImageSource(image)).apply(image[None])[0]
 
 
 def noise(image: np.ndarray) -> float:

@@ -87,9 +87,7 @@ def reweight(probabilities: np.ndarray, factors: Sequence[float] | np.ndarray | 
     shape = (-1,) + (1,) * (probabilities.ndim - 1)
     weighted = probabilities * np.asarray(factors, dtype=probabilities.dtype).reshape(shape)
     total = weighted.sum(0, keepdims=True)
-    return np.where(total > 0, weighted / np.where(total > 0, total, 1), probabilities).astype(
-        probabilities.dtype, copy=False
-    )
+    return np.divide(weighted, total, out=probabilities.copy(), where=total > 0)
 
 
 def check_factors(factors: object, num_classes: int) -> tuple[float, ...]:
