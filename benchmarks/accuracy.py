@@ -21,14 +21,18 @@ method gets the same annotations and the same CPU threads:
 ``prevalence``
     The defaults with the prevalence correction (``TrainConfig.prevalence_correction=True``,
     off by default).
+``norefine``
+    The defaults' own networks predicting without the CRF refinement (``TrainConfig.crf_refinement``;
+    the same training, the refinement switched off at prediction): not trained separately, every
+    ``defaults`` run records it.
 ``dense``
     The default network trained with every voxel labelled (upper bound; independent of the
     annotation, so run once per seed).
 
-The other network methods train without the weight average and the forest blend: ``pce`` and
-``dense`` are the plain baselines the issue defines, and the loss ablation isolates the loss terms;
-``noaverage``, ``noblend`` and ``prevalence`` against ``defaults`` show what the average, the blend
-and the prevalence correction add.
+The other network methods train without the weight average, the forest blend and the CRF
+refinement: ``pce`` and ``dense`` are the plain baselines the issue defines, and the loss ablation
+isolates the loss terms; ``noaverage``, ``noblend``, ``prevalence`` and ``norefine`` against
+``defaults`` show what the average, the blend, the prevalence correction and the refinement add.
 
 Each network trains once per seed and is evaluated at every budget in ``--budgets`` (the clock
 stops while it is evaluated): the mean foreground Dice of the whole-image prediction. Results are
@@ -74,6 +78,7 @@ NETWORK_METHODS = (
     "noaverage",
     "noblend",
     "prevalence",
+    "norefine",
     "defaults",
 )
 METHODS = ("rf", *NETWORK_METHODS, "dense")
@@ -88,6 +93,7 @@ LABELS = {
     "noaverage": "defaults without weight averaging",
     "noblend": "defaults without the forest blend",
     "prevalence": "defaults with the prevalence correction",
+    "norefine": "defaults without the CRF refinement",
     "defaults": "**ScribbleSeg defaults**",
     "dense": "dense labels (upper bound)",
 }
@@ -164,7 +170,7 @@ def train_for(method: str, *, seed: int, threads: int) -> Any:
         return replace(config, weight_average=0.0)
     if method == "noblend":
         return replace(config, forest_blend=0.0)
-    return replace(config, weight_average=0.0, forest_blend=0.0)
+    return replace(config, weight_average=0.0, forest_blend=0.0, crf_refinement=0.0)
 
 
 def run_network(
@@ -187,6 +193,7 @@ def run_network(
         train_config=train_for(method, seed=seed, threads=threads),
     )
     dice: dict[str, float] = {}
+    unrefined: dict[str, float] = {}
     steps: dict[str, int] = {}
     trained = 0.0
     for budget in sorted(budgets):
@@ -198,7 +205,18 @@ def run_network(
         prediction = probabilities_to_labels(probabilities, target.class_map.values)
         dice[f"{budget:g}"] = foreground_dice(prediction, sample)
         steps[f"{budget:g}"] = trainer.step
-    return {"dice": dice, "steps": steps, "seconds": trained}
+        refinement = trainer.model.refinement
+        if method == "defaults" and refinement is not None:
+            trainer.model.refinement = None
+            probabilities = predict_probabilities(trainer.model, source, device="cpu")
+            prediction = probabilities_to_labels(probabilities, target.class_map.values)
+            unrefined[f"{budget:g}"] = foreground_dice(prediction, sample)
+            trainer.model.refinement = refinement
+    outcome: dict[str, Any] = {"dice": dice, "steps": steps, "seconds": trained}
+    outcome["refinement"] = trainer.model.refinement.to_dict() if trainer.model.refinement else None
+    if unrefined:
+        outcome["dice_norefine"] = unrefined
+    return outcome
 
 
 # ----------------------------------------------------------------------------- bookkeeping
@@ -236,7 +254,7 @@ def plan(args: argparse.Namespace) -> Iterable[tuple[str, str, str, int]]:
             for kind in args.annotations:
                 for density in args.densities:
                     for method in args.methods:
-                        if method != "dense" and not same_as_defaults(method):
+                        if method not in ("dense", "norefine") and not same_as_defaults(method):
                             yield dataset, f"{kind}/{density}", method, seed
 
 
@@ -296,6 +314,10 @@ def report(results: dict[str, dict[str, Any]], budgets: list[str]) -> str:
                 if not records:
                     continue
                 label = LABELS[method]
+                if method in ("noaverage", "noblend", "prevalence") and not all(
+                    "refinement" in r for r in records
+                ):
+                    label += " (measured before the CRF refinement)"
                 if method == "defaults" and same_as_defaults("all"):
                     label += " (= pCE + all three)"
                 cells = []
@@ -446,9 +468,23 @@ def main(argv: list[str] | None = None) -> int:
                 "wall": time.perf_counter() - started,
                 **outcome,
             }
-            results[record["key"]] = record
-            with args.results.open("a") as f:
-                f.write(json.dumps(record) + "\n")
+            derived = []
+            if "dice_norefine" in record:
+                unrefined = record.pop("dice_norefine")
+                derived.append(
+                    record
+                    | {
+                        "key": run_key(dataset, annotation, "norefine", seed),
+                        "method": "norefine",
+                        "dice": unrefined,
+                        "refinement": None,
+                        "derived_from": record["key"],
+                    }
+                )
+            for entry in (record, *derived):
+                results[entry["key"]] = entry
+                with args.results.open("a") as f:
+                    f.write(json.dumps(entry) + "\n")
             dice = ", ".join(f"{k}: {v:.3f}" for k, v in record["dice"].items())
             print(f"[{i}/{len(todo)}] {record['key']}: Dice {dice} ({record['wall']:.0f} s)", flush=True)
     text = report(results, budgets)

@@ -122,6 +122,7 @@ def test_the_trainer_gives_the_network_its_factors_and_applies_them():
         forest_blend=0.0,
         feature_preview_steps=0,
         prevalence_correction=True,
+        crf_refinement=0.0,  # applied after the factors (tests/core/test_refine.py)
     )
     trainer = Trainer(
         source, labels_to_target(labels), model_config=TINY, loss_config=PCE, train_config=config

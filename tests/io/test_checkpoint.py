@@ -18,6 +18,7 @@ from scribbleseg.core.annotations import labels_to_target
 from scribbleseg.core.config import LossConfig, ModelConfig, TrainConfig
 from scribbleseg.core.models import ScribbleNet, build_model
 from scribbleseg.core.pixel_classifier import ForestBlend, ForestTeacher
+from scribbleseg.core.refine import MeanField
 from scribbleseg.core.volume import ImageSource
 from scribbleseg.errors import ConfigError, ModelFileError
 from scribbleseg.io.checkpoint import (
@@ -117,9 +118,10 @@ def test_json_content(tmp_path):
     folder, _, metadata = _saved(tmp_path)
     document = json.loads((folder / "model.json").read_text())
     assert document["format"] == FORMAT_NAME == "scribbleseg-model"
-    assert document["format_version"] == FORMAT_VERSION == 3
+    assert document["format_version"] == FORMAT_VERSION == 4
     assert document["forest_blend"] is None
     assert document["class_factors"] is None
+    assert document["refinement"] is None
     assert document["class_values"] == [1, 2, 5]
     assert document["model"] == TINY.to_dict()
     assert document["version"] == __version__
@@ -138,6 +140,7 @@ def _saved_with_forest(tmp_path, blobs2d, weight=0.4):
     network = _trained_network(metadata)
     network.forest_blend = ForestBlend(teacher.forest, teacher.spec, weight, 2, factors=teacher.factors)
     network.class_factors = (1.25, 0.75)
+    network.refinement = MeanField((0.05,), weight=1.5)
     return save_model(tmp_path / "model", network, metadata), network, source
 
 
@@ -154,7 +157,15 @@ def test_round_trip_keeps_the_forest_blend(tmp_path, blobs2d):
         "class_factors": list(network.forest_blend.factors),
     }
     assert document["class_factors"] == [1.25, 0.75]
+    assert document["refinement"] == {
+        "sigma_intensity": [0.05],
+        "weight": 1.5,
+        "sigma_spatial": 3.0,
+        "window_radius": 3,
+        "iterations": 5,
+    }
     loaded, _ = load_model(folder)
+    assert loaded.refinement == network.refinement
     assert loaded.forest_blend.weight == 0.4 and loaded.forest_blend.spec == spec
     assert loaded.forest_blend.factors == network.forest_blend.factors
     assert loaded.class_factors == (1.25, 0.75)
@@ -174,7 +185,7 @@ def test_version_1_folders_still_load(tmp_path):
 
     def as_version_1(document):
         document["format_version"] = 1
-        del document["forest_blend"], document["class_factors"]
+        del document["forest_blend"], document["class_factors"], document["refinement"]
 
     _edit_json(folder, as_version_1)
     loaded, loaded_metadata = load_model(folder)
@@ -186,13 +197,29 @@ def test_version_2_folders_still_load(tmp_path, blobs2d):
 
     def as_version_2(document):
         document["format_version"] = 2
-        del document["class_factors"]
+        del document["class_factors"], document["refinement"]
         del document["forest_blend"]["class_factors"]
 
     _edit_json(folder, as_version_2)
     loaded, _ = load_model(folder)
     assert loaded.class_factors is None and loaded.forest_blend.factors is None
     assert loaded.forest_blend.weight == network.forest_blend.weight
+
+
+def test_version_3_folders_still_load(tmp_path, blobs2d):
+    folder, network, _ = _saved_with_forest(tmp_path, blobs2d)
+
+    def as_version_3(document):
+        document["format_version"] = 3
+        del document["refinement"]
+
+    _edit_json(folder, as_version_3)
+    loaded, _ = load_model(folder)
+    assert loaded.refinement is None and loaded.class_factors == (1.25, 0.75)
+    # A version 3 folder with a refinement entry is not ours.
+    _edit_json(folder, lambda d: d.update(refinement=None))
+    with pytest.raises(ModelFileError, match="refinement"):
+        load_model(folder)
 
 
 def test_a_forest_file_with_other_types_is_never_loaded(tmp_path, blobs2d):
@@ -233,6 +260,20 @@ def test_a_forest_file_with_other_types_is_never_loaded(tmp_path, blobs2d):
             lambda folder: _edit_json(folder, lambda d: d["forest_blend"].update(sigmas=[-1])),
             "sigmas must be positive",
         ),
+        (
+            lambda folder: _edit_json(folder, lambda d: d["refinement"].update(sigma_intensity=[0.1, 0.1])),
+            "sigma_intensity has 2 value",
+        ),
+        (
+            lambda folder: _edit_json(folder, lambda d: d["refinement"].update(sigma_intensity=[0])),
+            "sigma_intensity must be a finite number > 0",
+        ),
+        (
+            lambda folder: _edit_json(folder, lambda d: d["refinement"].update(iterations=1.5)),
+            "iterations must be an integer",
+        ),
+        (lambda folder: _edit_json(folder, lambda d: d["refinement"].pop("weight")), "exactly the keys"),
+        (lambda folder: _edit_json(folder, lambda d: d.update(refinement=[1])), "must be an object"),
     ],
 )
 def test_a_damaged_forest_is_refused(tmp_path, blobs2d, damage, message):
@@ -361,8 +402,8 @@ def test_missing_json_field_is_refused(tmp_path):
 
 def test_format_and_version_are_checked(tmp_path):
     folder, _, _ = _saved(tmp_path)
-    _edit_json(folder, lambda d: d.update(format_version=4))
-    with pytest.raises(ModelFileError, match="format version 4"):
+    _edit_json(folder, lambda d: d.update(format_version=5))
+    with pytest.raises(ModelFileError, match="format version 5"):
         load_model(folder)
     _edit_json(folder, lambda d: d.update(format_version=2, format="something-else"))
     with pytest.raises(ModelFileError, match="not a ScribbleSeg model"):

@@ -13,7 +13,10 @@ they need, reflected beyond the image), so its voxels get the same windows,
 weights and input as in a prediction of the whole image at once
 (:func:`predict_grid` without a region): blockwise and whole-image results are
 the same numbers, whatever the block shape. The network uses batch norm, so a
-window's output depends only on its input.
+window's output depends only on its input. The model's CRF refinement
+(:mod:`scribbleseg.core.refine`) looks a fixed number of voxels around each
+voxel: a block is computed with that halo around it and cropped, so it stays
+equal to the whole image too (up to float rounding of the sums).
 
 Resuming
 --------
@@ -305,7 +308,9 @@ def predict_grid(
     ----------
     model : ScribbleNet
         Run in eval mode (its mode is restored afterwards). Its ``class_factors``, if any,
-        re-weight the network's probabilities, and its ``forest_blend``, if any, is mixed in.
+        re-weight the network's probabilities, its ``forest_blend``, if any, is mixed in, and
+        its ``refinement``, if any, refines the mix (the region is computed with the
+        refinement's halo around it, so any region gives the whole image's values).
     source : ImageSource
         The image; only the windows touching ``region`` are read.
     region : tuple of slice, optional
@@ -343,6 +348,37 @@ def predict_grid(
     batch = int(batch_size) if batch_size is not None else _default_batch_size(dev)
     if batch < 1:
         raise ConfigError(f"batch_size must be >= 1, got {batch}")
+    refinement = getattr(model, "refinement", None)
+    if refinement is None:
+        return _mixed_probabilities(model, source, region, grid, batch, dev, amp, tta)
+    # The refined value of a voxel depends on everything within the refinement's halo: computing
+    # it over the region grown by the halo (inside the image) keeps blocks equal to the whole image.
+    halo = refinement.halo(source.spacing)
+    grown = tuple(
+        slice(max(0, r.start - h), min(n, r.stop + h))
+        for r, h, n in zip(region, halo, source.spatial_shape, strict=True)
+    )
+    probabilities = _mixed_probabilities(model, source, grown, grid, batch, dev, amp, tta)
+    with reading_image(f"the image at {_describe_region(grown)}"):
+        image = source.read(grown)
+    refined = refinement.apply(probabilities, image, source.spacing, device=dev)
+    del probabilities, image
+    crop = tuple(slice(r.start - g.start, r.stop - g.start) for r, g in zip(region, grown, strict=True))
+    return np.ascontiguousarray(refined[(slice(None), *crop)])
+
+
+def _mixed_probabilities(
+    model: ScribbleNet,
+    source: ImageSource,
+    region: tuple[slice, ...],
+    grid: WindowGrid,
+    batch: int,
+    dev: torch.device,
+    amp: bool,
+    tta: bool,
+) -> np.ndarray:
+    """:func:`predict_grid` before the refinement: the network, re-weighted, mixed with the forest."""
+    bounds = [(r.start, r.stop) for r in region]
     flips = _flips(source.spatial_dims, tta)
     weight = _outer(grid.profiles())
     touching = grid.windows_touching(region)
@@ -595,7 +631,7 @@ def default_block_shape(chunks: Sequence[int]) -> tuple[int, ...]:
 
 
 def model_fingerprint(model: torch.nn.Module) -> str:
-    """SHA-256 of a model's weights (names, shapes and values), class factors and forest blend."""
+    """SHA-256 of a model's weights (names, shapes and values), class factors, forest blend and refinement."""
     digest = hashlib.sha256()
     for name, tensor in sorted(model.state_dict().items()):
         value = tensor.detach().cpu().contiguous()
@@ -607,6 +643,9 @@ def model_fingerprint(model: torch.nn.Module) -> str:
     blend = getattr(model, "forest_blend", None)
     if blend is not None and blend.weight > 0:
         digest.update(f"forest blend:{blend.fingerprint()}".encode())
+    refinement = getattr(model, "refinement", None)
+    if refinement is not None:
+        digest.update(f"refinement:{refinement.fingerprint()}".encode())
     return digest.hexdigest()
 
 

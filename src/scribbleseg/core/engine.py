@@ -54,6 +54,7 @@ from scribbleseg.core.losses import (
 from scribbleseg.core.models import DOWNSAMPLING, ScribbleNet, build_model
 from scribbleseg.core.pixel_classifier import ForestBlend, ForestTeacher, feature_preview
 from scribbleseg.core.prevalence import estimate_factors, reweight
+from scribbleseg.core.refine import MeanField, estimate_noise
 from scribbleseg.core.sampling import PatchSampler
 from scribbleseg.core.volume import ImageSource, clip_region
 from scribbleseg.errors import ConfigError, ScribbleSegError
@@ -263,6 +264,8 @@ class Trainer:
         # and the step they were estimated at.
         self._class_factors: tuple[float, ...] | None = None
         self._class_factors_step = -math.inf
+        # The image's noise per channel for TrainConfig.crf_refinement: estimated on first use.
+        self._noise: tuple[float, ...] | None = None
 
     # ----------------------------------------------------------------- control
     def stop(self) -> None:
@@ -368,6 +371,7 @@ class Trainer:
                 self._release_memory()
                 message = "out of memory while re-estimating batch-norm statistics: kept the running ones"
         self.model.class_factors = self._class_factors
+        self.model.refinement = self.refinement()
         self.seconds += clock.elapsed()
         self.model.eval()
         yield record(done=True, reason=reason, message=message)
@@ -527,8 +531,27 @@ class Trainer:
             assert self._teacher is not None
             forest = self._teacher.read(clip_region(region, self.source.spatial_shape))
             probabilities = (1.0 - blend) * probabilities + blend * forest
+        refinement = self.refinement()
+        if refinement is not None:
+            # Refined within the view only (no halo): its edges may differ slightly from the
+            # prediction's, which refines with the halo.
+            clipped = clip_region(region, self.source.spatial_shape)
+            image = self.source.read(clipped)
+            probabilities = refinement.apply(probabilities, image, self.source.spacing, device=self.device)
         labels = probabilities_to_labels(probabilities, self.class_map.values)
         return Preview(region=region, labels=labels, probabilities=probabilities, step=self.step)
+
+    def refinement(self) -> MeanField | None:
+        """Return the CRF refinement of previews and predictions (TrainConfig.crf_refinement) or None.
+
+        The image's noise is estimated on the first call (it reads up to 2 million voxels).
+        """
+        weight = self.train_config.crf_refinement
+        if weight <= 0:
+            return None
+        if self._noise is None:
+            self._noise = estimate_noise(self.source, patch_size=self.patch_size, seed=self.train_config.seed)
+        return MeanField.for_noise(self._noise, weight=weight)
 
     @torch.no_grad()
     def recalibrate_batch_norm(self, batches: int = 8) -> None:

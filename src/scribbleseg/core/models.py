@@ -11,7 +11,8 @@ was computed in (live previews, sliding windows and blockwise prediction agree).
 A trained network may carry a :class:`~scribbleseg.core.pixel_classifier.ForestBlend` in
 ``forest_blend``: sliding-window and blockwise prediction mix its probabilities into the
 network's; and prevalence factors in ``class_factors`` that re-weight the network's probabilities
-first (:mod:`scribbleseg.core.prevalence`). Both are set by the trainer and saved and loaded
+first (:mod:`scribbleseg.core.prevalence`); and a CRF refinement in ``refinement`` that prediction
+applies last (:mod:`scribbleseg.core.refine`). All are set by the trainer and saved and loaded
 with the model.
 """
 
@@ -28,6 +29,7 @@ from scribbleseg.errors import ConfigError
 
 if TYPE_CHECKING:
     from scribbleseg.core.pixel_classifier import ForestBlend
+    from scribbleseg.core.refine import MeanField
 
 __all__ = ["DOWNSAMPLING", "NetworkOutput", "ScribbleNet", "build_model"]
 
@@ -99,6 +101,9 @@ class ScribbleNet(nn.Module):
         #: Prevalence factors prediction applies to the network's probabilities (not a weight;
         #: :mod:`scribbleseg.core.prevalence`).
         self.class_factors: tuple[float, ...] | None = None
+        #: Mean-field CRF refinement prediction applies to the final probabilities (not a weight;
+        #: :mod:`scribbleseg.core.refine`).
+        self.refinement: MeanField | None = None
 
     def forward(self, image: torch.Tensor, *, with_embedding: bool = False) -> NetworkOutput:
         """Run the network.

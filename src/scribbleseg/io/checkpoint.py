@@ -3,10 +3,12 @@
 A model is a folder holding two or three files::
 
     MODEL/
-      model.json         {"format": "scribbleseg-model", "format_version": 3, ...ModelMetadata,
+      model.json         {"format": "scribbleseg-model", "format_version": 4, ...ModelMetadata,
                           "forest_blend": {"weight", "sigmas", "smoothing_only_below", "file",
                                            "class_factors"} or null,
-                          "class_factors": [one number per class] or null}
+                          "class_factors": [one number per class] or null,
+                          "refinement": {"sigma_intensity", "weight", "sigma_spatial",
+                                         "window_radius", "iterations"} or null}
       model.safetensors  the network's state dict (weights and batch-norm buffers)
       forest.skops       the forest mixed into predictions (only when forest_blend is not null)
 
@@ -19,8 +21,9 @@ checked before it is copied in. ``torch.load`` is never called, so ``.pt`` /
 (:class:`~scribbleseg.core.pixel_classifier.ForestBlend`) is stored with ``skops``, whose
 format rebuilds only the types it is told to trust: a random forest of decision trees, and
 nothing else. ``class_factors`` are the prevalence factors of the network's and of the forest's
-probabilities (:mod:`scribbleseg.core.prevalence`). Version 1 folders (no forest) and version 2
-folders (no prevalence factors) still load.
+probabilities (:mod:`scribbleseg.core.prevalence`); ``refinement`` is the CRF refinement of the
+final probabilities (:mod:`scribbleseg.core.refine`). Version 1 folders (no forest), version 2
+folders (no prevalence factors) and version 3 folders (no refinement) still load.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from scribbleseg.core.features import FeatureSpec
 from scribbleseg.core.models import ScribbleNet, build_model
 from scribbleseg.core.pixel_classifier import ForestBlend
 from scribbleseg.core.prevalence import check_factors
+from scribbleseg.core.refine import MeanField
 from scribbleseg.errors import ConfigError, ModelFileError
 
 __all__ = [
@@ -64,9 +68,10 @@ __all__ = [
 ]
 
 FORMAT_NAME = "scribbleseg-model"
-FORMAT_VERSION = 3
-#: Versions of the layout :func:`load_model` reads (1: no forest blend; 2: no class factors).
-SUPPORTED_FORMAT_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4
+#: Versions of the layout :func:`load_model` reads (1: no forest blend; 2: no class factors;
+#: 3: no refinement).
+SUPPORTED_FORMAT_VERSIONS = (1, 2, 3, 4)
 METADATA_FILE = "model.json"
 WEIGHTS_FILE = "model.safetensors"
 FOREST_FILE = "forest.skops"
@@ -79,6 +84,7 @@ _OWN_KEYS = {
     1: ("format", "format_version"),
     2: ("format", "format_version", "forest_blend"),
     3: ("format", "format_version", "forest_blend", "class_factors"),
+    4: ("format", "format_version", "forest_blend", "class_factors", "refinement"),
 }
 #: A forest file larger than this is refused (100 trees on 80 000 voxels take a few MB).
 _MAX_FOREST_BYTES = 1 << 30
@@ -384,6 +390,31 @@ def _class_factors(where: str, value: Any, num_classes: int) -> tuple[float, ...
         raise ModelFileError(f"{where}: {exc}") from None
 
 
+def _refinement_document(refinement: MeanField | None) -> dict[str, Any] | None:
+    return None if refinement is None else refinement.to_dict()
+
+
+def _refinement(folder: pathlib.Path, value: Any, metadata: ModelMetadata) -> MeanField | None:
+    """Check a model.json ``refinement`` entry and build it (None stays None)."""
+    if value is None:
+        return None
+    where = f"{folder / METADATA_FILE}: refinement"
+    _check_file(isinstance(value, Mapping), f"{where} must be an object or null")
+    sigmas = value.get("sigma_intensity")
+    _check_file(
+        isinstance(sigmas, list) and all(_is_number(v) for v in sigmas),
+        f"{where}: sigma_intensity must be a list of numbers",
+    )
+    _check_file(
+        len(sigmas) == metadata.in_channels,
+        f"{where}: sigma_intensity has {len(sigmas)} value(s) for {metadata.in_channels} channel(s)",
+    )
+    try:
+        return MeanField.from_dict(value)
+    except ConfigError as exc:
+        raise ModelFileError(f"{where}: {exc}") from None
+
+
 def _load_forest(
     folder: pathlib.Path, description: Any, metadata: ModelMetadata, version: int
 ) -> ForestBlend:
@@ -547,6 +578,7 @@ def save_model(path: str | os.PathLike[str], model: torch.nn.Module, metadata: M
         "class_factors": _factors_document(
             getattr(getattr(model, "_orig_mod", model), "class_factors", None)
         ),
+        "refinement": _refinement_document(getattr(getattr(model, "_orig_mod", model), "refinement", None)),
     }
 
     temporary: pathlib.Path | None = None
@@ -639,5 +671,7 @@ def load_model(
     if version >= 3:
         where = f"{folder / METADATA_FILE}: class_factors"
         network.class_factors = _class_factors(where, document.get("class_factors"), metadata.num_classes)
+    if version >= 4:
+        network.refinement = _refinement(folder, document.get("refinement"), metadata)
     network.eval()
     return network.to(device), metadata

@@ -37,7 +37,14 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-__all__ = ["SPATIAL_WEIGHT_CUTOFF", "crf_loss", "crf_loss_unfold", "spatial_kernel_sum"]
+__all__ = [
+    "SPATIAL_WEIGHT_CUTOFF",
+    "crf_loss",
+    "crf_loss_unfold",
+    "effective_window_radius",
+    "spatial_kernel_sum",
+    "window_message",
+]
 
 #: Offsets whose spatial Gaussian weight is below this value are skipped (see the module docstring).
 SPATIAL_WEIGHT_CUTOFF: float = 1e-4
@@ -182,6 +189,21 @@ def spatial_kernel_sum(
             if weight >= SPATIAL_WEIGHT_CUTOFF:
                 total += weight
     return total
+
+
+def effective_window_radius(
+    *, spacing: Sequence[float], sigma_spatial: float, window_radius: Sequence[int]
+) -> tuple[int, ...]:
+    """Return the window radius per axis that is left once the cut-off offsets are dropped.
+
+    A value at a voxel depends on no voxel farther away than this along each axis (the halo one
+    pass of the window needs).
+    """
+    reach = [0] * len(window_radius)
+    for offset in itertools.product(*(range(-r, r + 1) for r in window_radius)):
+        if any(offset) and _spatial_weight(offset, spacing, sigma_spatial) >= SPATIAL_WEIGHT_CUTOFF:
+            reach = [max(r, abs(o)) for r, o in zip(reach, offset, strict=True)]
+    return tuple(reach)
 
 
 def _half_window_regions(
@@ -377,6 +399,43 @@ def crf_loss(
     regions = _half_window_regions(probs.shape[2:], spacing_tuple, sigma_spatial, radius_tuple)
     with _autocast_disabled(probs.device):
         return _WindowedCRF.apply(probs, guide, pair_mask, regions)
+
+
+@torch.no_grad()
+def window_message(
+    probs: Tensor,
+    image: Tensor,
+    *,
+    spacing: Sequence[float],
+    sigma_spatial: float,
+    sigma_intensity: float,
+    window_radius: Sequence[int],
+) -> Tensor:
+    """``Σ_y W_xy S_k(y)`` over the window of :func:`crf_loss`: the message of mean-field inference.
+
+    Same kernel, cut-off and memory bound as :func:`crf_loss`; no gradient.
+
+    Parameters
+    ----------
+    probs : (B, K, Y, X) or (B, K, Z, Y, X) Tensor
+    image : (B, C, *S) Tensor
+    spacing, sigma_spatial, sigma_intensity, window_radius
+        As for :func:`crf_loss`.
+
+    Returns
+    -------
+    (B, K, *S) Tensor
+        In the compute dtype (float32, or float64 for float64 ``probs``).
+    """
+    spacing_tuple, radius_tuple = _check_arguments(
+        probs, image, spacing, sigma_spatial, sigma_intensity, window_radius, None, None, None
+    )
+    dtype = _compute_dtype(probs)
+    guide = _guide(image, None, sigma_intensity, None, dtype)
+    regions = _half_window_regions(probs.shape[2:], spacing_tuple, sigma_spatial, radius_tuple)
+    with _autocast_disabled(probs.device):
+        weighted, _ = _window_products(probs.detach().to(dtype), guide, None, regions)
+    return weighted
 
 
 def crf_loss_unfold(
