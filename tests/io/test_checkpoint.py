@@ -207,7 +207,7 @@ def test_version_2_folders_still_load(tmp_path, blobs2d):
 
 
 def test_version_3_folders_still_load(tmp_path, blobs2d):
-    folder, network, _ = _saved_with_forest(tmp_path, blobs2d)
+    folder, _, _ = _saved_with_forest(tmp_path, blobs2d)
 
     def as_version_3(document):
         document["format_version"] = 3
