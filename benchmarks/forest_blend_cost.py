@@ -1,12 +1,14 @@
-"""What the forest blend costs at prediction: time and the size of the saved forest.
+"""What the forest blend and the CRF refinement cost at prediction: time, and the saved forest's size.
 
 What it measures
 ----------------
 For each shipped sample: train the defaults for ``--seconds`` on the shipped scribbles (long enough
-for the forest teacher to come in), then predict the whole image with the model's forest blend and
-without it (``ScribbleNet.forest_blend = None``), and save the model to see the size of each file
-(``forest.skops`` is the forest). The difference of the two prediction times is the forest: its
-filter bank, computed block by block with its halo, and 100 trees.
+for the forest teacher to come in), then predict the whole image as the model is (forest blend and
+CRF refinement), without the refinement (``ScribbleNet.refinement = None``), and without either
+(``forest_blend = None`` too), and save the model to see the size of each file (``forest.skops``
+is the forest). The differences of the prediction times are the refinement (5 mean-field
+iterations over the image) and the forest (its filter bank, computed block by block with its halo,
+and 100 trees).
 
 How to run
 ----------
@@ -48,6 +50,11 @@ def measure(name: str, *, seconds: float, threads: int) -> str:
     blend = trainer.model.forest_blend
     if blend is None:
         return f"{name}: the forest did not come in within {seconds:g} s — run longer (--seconds)"
+    refinement = trainer.model.refinement
+    started = time.perf_counter()
+    predict_probabilities(trainer.model, source, device="cpu")
+    everything = time.perf_counter() - started
+    trainer.model.refinement = None
     started = time.perf_counter()
     predict_probabilities(trainer.model, source, device="cpu")
     with_blend = time.perf_counter() - started
@@ -55,15 +62,21 @@ def measure(name: str, *, seconds: float, threads: int) -> str:
     started = time.perf_counter()
     predict_probabilities(trainer.model, source, device="cpu")
     without = time.perf_counter() - started
-    trainer.model.forest_blend = blend
+    trainer.model.forest_blend, trainer.model.refinement = blend, refinement
     with tempfile.TemporaryDirectory() as folder:
         path = save_model(Path(folder) / "model", trainer.model, trainer.metadata())
         sizes = ", ".join(f"{f} {os.path.getsize(path / f) / 1e6:.1f} MB" for f in sorted(os.listdir(path)))
     voxels = math.prod(source.spatial_shape)
+    refined = (
+        f"{everything:.1f} s with the blend and the CRF refinement "
+        f"({(everything - with_blend) / voxels * 1e6:.1f} µs per voxel for the refinement), "
+        if refinement is not None
+        else "(no CRF refinement: TrainConfig.crf_refinement is 0) "
+    )
     return (
-        f"{name} {tuple(source.spatial_shape)}: prediction {with_blend:.1f} s with the blend "
-        f"(weight {blend.weight:.2f}), {without:.1f} s without "
-        f"({(with_blend - without) / voxels * 1e6:.1f} µs per voxel for the forest); files: {sizes}"
+        f"{name} {tuple(source.spatial_shape)}, {len(trainer.class_map.values)} classes: prediction "
+        f"{refined}{with_blend:.1f} s with the blend (weight {blend.weight:.2f}), {without:.1f} s with "
+        f"neither ({(with_blend - without) / voxels * 1e6:.1f} µs per voxel for the forest); files: {sizes}"
     )
 
 

@@ -10,8 +10,9 @@ blend) to ``--cache`` (reused when there), and prints the mean foreground Dice o
   instead, see ``accuracy.py --methods prevalence``);
 * mean-field inference of a Potts dense CRF on the mix, with the windowed kernel of the CRF loss
   (spatial Gaussian σ_s = 3 px, window radius 3, intensity Gaussian σ_i = k × the image's noise):
-  ``Q ∝ P · exp(λ Σ_y W_xy Q(y))``, 5 iterations. Not built into ScribbleSeg: this measures
-  whether it should be (``docs/benchmarks.md``).
+  ``Q ∝ P · exp(λ Σ_y W_xy Q(y))``, 5 iterations (:class:`scribbleseg.core.refine.MeanField`).
+  This script chose its settings; k = 2, λ = 1 is now the built-in CRF refinement
+  (``TrainConfig.crf_refinement``), measured in training by ``accuracy.py`` (``docs/benchmarks.md``).
 
 And the same on synthetic blurred disks painted only in their cores (the forest's probabilities),
 where the undecided band is the objects' rim.
@@ -60,6 +61,7 @@ def trained_probabilities(
     for _ in trainer.run():
         pass
     model = trainer.model
+    model.refinement = None  # the probabilities before any refinement: this script applies its own
     blend = model.forest_blend
     mix = predict_probabilities(model, source, device="cpu")
     model.forest_blend = None
@@ -85,45 +87,19 @@ def normalised(image: np.ndarray) -> np.ndarray:
 
 
 def noise(image: np.ndarray) -> float:
-    """Noise sd: median absolute deviation of second differences along each axis, / √6."""
-    residuals = [np.diff(image, 2, axis=a) for a in range(image.ndim)]
-    return float(np.mean([1.4826 * np.median(np.abs(r - np.median(r))) / np.sqrt(6) for r in residuals]))
+    """Noise sd of a one-channel image (:func:`scribbleseg.core.refine.noise_of`)."""
+    from scribbleseg.core.refine import noise_of
+
+    return noise_of(image[None])[0]
 
 
 def mean_field(
-    probabilities: np.ndarray,
-    image: np.ndarray,
-    spacing,
-    *,
-    lam: float,
-    sigma_intensity: float,
-    sigma_spatial: float = 3.0,
-    radius: int = 3,
-    iterations: int = 5,
+    probabilities: np.ndarray, image: np.ndarray, spacing, *, lam: float, sigma_intensity: float
 ) -> np.ndarray:
-    """Potts mean field; the message ``Σ_y W_xy Q(y)`` is read off the CRF loss's gradient."""
-    import torch
+    """Potts mean field with the built-in kernel, weight ``lam`` and width ``sigma_intensity``."""
+    from scribbleseg.core.refine import MeanField
 
-    from scribbleseg.core.losses.crf import crf_loss
-
-    log_p = torch.log(torch.from_numpy(probabilities).float().clamp_min(1e-6))[None]
-    guide = torch.from_numpy(image).float()[None, None]
-    q = torch.from_numpy(probabilities).float()[None]
-    voxels = q[0, 0].numel()
-    for _ in range(iterations):
-        q = q.detach().requires_grad_(True)
-        loss = crf_loss(
-            q,
-            guide,
-            spacing=spacing,
-            sigma_spatial=sigma_spatial,
-            sigma_intensity=sigma_intensity,
-            window_radius=[radius] * len(spacing),
-        )
-        (gradient,) = torch.autograd.grad(loss, q)
-        # d loss / d Q_k(x) = (degree(x) - 2 Σ_y W_xy Q_k(y)) / N; the degree is the same for all k.
-        q = torch.softmax(log_p - lam * gradient * voxels / 2, dim=1)
-    return q[0].detach().numpy()
+    return MeanField((sigma_intensity,), weight=lam).apply(probabilities, image[None], spacing)
 
 
 def dice(probabilities: np.ndarray, values: np.ndarray, truth: np.ndarray) -> float:

@@ -12,6 +12,7 @@ from scribbleseg.core.blockwise import predict_blockwise
 from scribbleseg.core.config import LossConfig, ModelConfig, TrainConfig
 from scribbleseg.core.models import build_model
 from scribbleseg.core.pixel_classifier import ForestBlend, ForestTeacher
+from scribbleseg.core.refine import MeanField
 from scribbleseg.core.volume import ImageSource
 from scribbleseg.distributed import ImageSpec, parse_scheduler, predict_on_cluster, weights_fingerprint
 from scribbleseg.errors import ConfigError, InputError
@@ -181,6 +182,48 @@ def test_the_forest_blend_reaches_the_workers_or_is_left_out(tmp_path, cluster, 
     result, remote = on_cluster("remote", network_only=True)
     assert result.blocks_skipped == 0
     np.testing.assert_allclose(remote, network, atol=1e-6, rtol=0)
+
+
+def test_the_refinement_reaches_the_workers_or_is_left_out(tmp_path, cluster, blobs2d):
+    torch.set_num_threads(1)
+    image, _, _ = blobs2d
+    write_array(tmp_path / "image.zarr", image, axes="YX", chunks=(32, 40))
+    source = ImageSource(read_array(tmp_path / "image.zarr", lazy=True).data)
+    model_path = save_tiny_model(tmp_path / "model", spatial_dims=2, in_channels=1, class_values=(1, 2))
+    model, meta = load_model(model_path)
+    model.refinement = MeanField((0.05,), weight=3.0)
+    save_model(model_path, model, meta)
+    spec = ImageSpec(str((tmp_path / "image.zarr").resolve()), None, source.spacing, source.normalisation)
+    options = {"chunks": (32, 40), "block_shape": (32, 40), "roi_size": (32, 48), "device": "cpu"}
+
+    def single(name):
+        predict_blockwise(
+            model,
+            source,
+            tmp_path / f"{name}.zarr",
+            class_values=(1, 2),
+            probabilities=tmp_path / f"{name}_p.zarr",
+            **options,
+        )
+        return zarr.open_array(str(tmp_path / f"{name}_p.zarr"))[...]
+
+    refined = single("refined")
+    model.refinement = None
+    plain = single("plain")
+    assert np.abs(refined - plain).max() > 0.01
+    for refine, expected in ((True, refined), (False, plain)):
+        result = predict_on_cluster(
+            model_path,
+            spec,
+            tmp_path / "remote.zarr",
+            scheduler=cluster,
+            torch_threads=1,
+            probabilities=tmp_path / "remote_p.zarr",
+            refine=refine,
+            **options,
+        )
+        assert result.blocks_skipped == 0  # switching the refinement off starts afresh
+        np.testing.assert_allclose(zarr.open_array(str(tmp_path / "remote_p.zarr"))[...], expected, atol=1e-5)
 
 
 def test_worker_errors_reach_the_client(tmp_path, cluster):

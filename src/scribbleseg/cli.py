@@ -83,6 +83,13 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _refinement_weight(text: str) -> float:
+    value = _non_negative(text)
+    if value > 100:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 100], got {text!r}")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -215,6 +222,15 @@ def build_parser() -> argparse.ArgumentParser:
         "narrows objects that come out too wide from scribbles, but can wipe out a class trained on a few "
         "point clicks and shrinks objects whose strokes cover only their core",
     )
+    train.add_argument(
+        "--crf-refinement",
+        type=_refinement_weight,
+        default=TrainConfig.crf_refinement,
+        metavar="W",
+        help="weight of the CRF refinement of the saved model's predictions: mean-field inference that "
+        "moves boundaries to the image's edges, with an intensity width of twice the image's noise "
+        f"(0 = off; default {TrainConfig.crf_refinement})",
+    )
     train.add_argument("--background-class", type=int, metavar="K", help="class value that is background")
     train.add_argument("--quiet", action="store_true", help="no progress lines")
     train.set_defaults(func=_cmd_train)
@@ -243,6 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="leave out the random forest the model mixes into its prediction (--forest-blend): "
         "faster on very large images, the network's own prediction",
+    )
+    predict.add_argument(
+        "--no-crf-refinement",
+        action="store_true",
+        help="leave out the model's CRF refinement (--crf-refinement): boundaries as the network and "
+        "the forest put them, a little faster",
     )
     predict.add_argument(
         "--float32",
@@ -380,6 +402,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "weight_average": args.weight_average,
         "forest_blend": args.forest_blend,
         "prevalence_correction": args.prevalence_correction,
+        "crf_refinement": args.crf_refinement,
     }
     if args.steps is None and args.time_budget is None:
         train_options["time_budget"] = 120.0
@@ -513,19 +536,24 @@ def _cmd_predict(args: argparse.Namespace) -> int:
             scheduler=args.scheduler,
             device=args.device,
             network_only=args.network_only,
+            refine=not args.no_crf_refinement,
             **options,
         )
     else:
         model, _ = load_model(args.model, device=device)
         if args.network_only:
             model.forest_blend = None
+        if args.no_crf_refinement:
+            model.refinement = None
         result = predict_blockwise(
             model,
             source,
             labels_target,
             class_values=meta.class_values,
             device=device,
-            model_id=prediction_id(weights_fingerprint(args.model), args.network_only),
+            model_id=prediction_id(
+                weights_fingerprint(args.model), args.network_only, not args.no_crf_refinement
+            ),
             image_name=str(image_path),
             **options,
         )

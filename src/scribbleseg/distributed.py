@@ -113,9 +113,10 @@ def weights_fingerprint(model_path: str | os.PathLike[str]) -> str:
     return digest.hexdigest()
 
 
-def prediction_id(model_id: str, network_only: bool) -> str:
-    """Identify what a resumable prediction used: the model, and whether its forest was left out."""
-    return f"{model_id} network only" if network_only else model_id
+def prediction_id(model_id: str, network_only: bool, refine: bool = True) -> str:
+    """Identify what a resumable prediction used: the model, without its forest or refinement."""
+    identity = f"{model_id} network only" if network_only else model_id
+    return identity if refine else f"{identity} unrefined"
 
 
 def parse_scheduler(scheduler: str) -> tuple[str, int | None]:
@@ -199,12 +200,12 @@ MODEL_LOADS: list[str] = []
 
 
 def _worker_model(
-    model_path: str, model_id: str, device: str, network_only: bool = False
+    model_path: str, model_id: str, device: str, network_only: bool = False, refine: bool = True
 ) -> tuple[ScribbleNet, Any]:
     from scribbleseg.core.inference import resolve_device
     from scribbleseg.io.checkpoint import load_model
 
-    key = (model_path, model_id, device, network_only)
+    key = (model_path, model_id, device, network_only, refine)
     with _CACHE_LOCK:
         if key not in _MODELS:
             if weights_fingerprint(model_path) != model_id:
@@ -215,6 +216,8 @@ def _worker_model(
             model, _ = load_model(model_path, device=dev)
             if network_only:
                 model.forest_blend = None
+            if not refine:
+                model.refinement = None
             MODEL_LOADS.append(model_path)
             _MODELS.clear()  # keep one model per process
             _MODELS[key] = (model, dev)
@@ -238,6 +241,7 @@ def _predict_block_task(
     device: str,
     torch_threads: int | None,
     network_only: bool = False,
+    refine: bool = True,
 ) -> tuple[int, ...]:
     """Run on a worker: predict, write and mark one block."""
     import dask
@@ -248,7 +252,7 @@ def _predict_block_task(
     if torch_threads is not None and not _THREADS_SET:
         torch.set_num_threads(torch_threads)
         _THREADS_SET.append(torch_threads)
-    model, dev = _worker_model(model_path, model_id, device, network_only)
+    model, dev = _worker_model(model_path, model_id, device, network_only, refine)
     source = _worker_source(image)
     # Reads inside a task: compute the image's dask graph here, not as new cluster tasks.
     with _COMPUTE_LOCK, dask.config.set(scheduler="synchronous"):
@@ -279,6 +283,7 @@ def predict_on_cluster(
     amp: bool = True,
     torch_threads: int | None = None,
     network_only: bool = False,
+    refine: bool = True,
     progress: Callable[[BlockwiseProgress], None] | None = None,
 ) -> BlockwiseResult:
     """Predict a whole image block by block on a dask cluster, into zarr arrays.
@@ -309,6 +314,8 @@ def predict_on_cluster(
         machine's cores divided by N.
     network_only : bool
         Leave out the model's forest blend (faster; the network's own prediction).
+    refine : bool
+        Apply the model's CRF refinement, if it has one (:mod:`scribbleseg.core.refine`).
     progress : callable, optional
         Called with a :class:`~scribbleseg.core.blockwise.BlockwiseProgress`
         as blocks finish (in completion order); an exception it raises cancels
@@ -357,7 +364,7 @@ def predict_on_cluster(
         labels,
         image_shape=source.spatial_shape,
         class_values=metadata.class_values,
-        model_id=prediction_id(model_id, network_only),
+        model_id=prediction_id(model_id, network_only, refine),
         image_id=image_facts(source, image.path),
         probabilities=probabilities,
         probabilities_dtype=probabilities_dtype,
@@ -388,6 +395,7 @@ def predict_on_cluster(
                 device=device,
                 torch_threads=threads,
                 network_only=network_only,
+                refine=refine,
                 pure=False,
             )
             try:

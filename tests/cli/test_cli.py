@@ -186,6 +186,37 @@ def test_prevalence_correction_option_reaches_the_model(tmp_path, files2d):
     assert result.returncode == 0, result.stderr
 
 
+def test_crf_refinement_option_reaches_the_model_and_can_be_left_out(tmp_path, files2d):
+    assert_bad_input(_train(files2d, tmp_path / "bad", "--crf-refinement", "-1"), "crf-refinement")
+    result = _train(files2d, tmp_path / "m", "--crf-refinement", "2.5")
+    assert result.returncode == 0, result.stderr
+    document = json.loads((tmp_path / "m" / "model.json").read_text())
+    assert document["train"]["crf_refinement"] == 2.5
+    refinement = document["refinement"]
+    assert refinement["weight"] == 2.5 and len(refinement["sigma_intensity"]) == 1
+    probabilities = {}
+    for name, extra in (("refined", ()), ("plain", ("--no-crf-refinement",))):
+        out, probs = tmp_path / f"{name}.tif", tmp_path / f"{name}.npy"
+        result = run_cli(
+            "predict",
+            tmp_path / "m",
+            files2d["image"],
+            "-o",
+            out,
+            "--probabilities",
+            probs,
+            "--device",
+            "cpu",
+            *extra,
+        )
+        assert result.returncode == 0, result.stderr
+        probabilities[name] = np.load(probs)
+    assert np.abs(probabilities["refined"] - probabilities["plain"]).max() > 0.01
+    result = _train(files2d, tmp_path / "off", "--crf-refinement", "0")
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "off" / "model.json").read_text())["refinement"] is None
+
+
 def test_nan_image_trains_and_predicts_with_a_warning(tmp_path, files2d, blobs2d):
     image = blobs2d[0].copy()
     image[3:7, 3:7] = np.nan

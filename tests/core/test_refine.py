@@ -14,7 +14,14 @@ from scribbleseg.core.config import LossConfig, ModelConfig, TrainConfig
 from scribbleseg.core.engine import Trainer
 from scribbleseg.core.inference import predict_probabilities
 from scribbleseg.core.models import build_model
-from scribbleseg.core.refine import NOISE_FLOOR, NOISE_WIDTHS, MeanField, estimate_noise, noise_of
+from scribbleseg.core.refine import (
+    NOISE_FLOOR,
+    NOISE_WIDTHS,
+    MeanField,
+    estimate_noise,
+    noise_of,
+    with_refinement_weight,
+)
 from scribbleseg.core.volume import ImageSource
 from scribbleseg.errors import ConfigError
 
@@ -113,6 +120,28 @@ def test_mean_field_uses_every_channel_and_anisotropic_spacing():
     np.testing.assert_allclose(refined3d[:, 2], refined2d, atol=1e-5)
 
 
+def test_slabs_and_regions_give_the_values_of_one_piece():
+    rng = np.random.default_rng(5)
+    image = ndimage.gaussian_filter(rng.random((1, 30, 24, 20)), 1.5).astype(np.float32)
+    logits = ndimage.gaussian_filter(rng.normal(0, 3, (3, 30, 24, 20)), (0, 1, 1, 1))
+    probabilities = (np.exp(logits) / np.exp(logits).sum(0)).astype(np.float32)
+    refinement = MeanField((0.02,), iterations=2, window_radius=2)
+    assert refinement.halo((1.0, 1.0, 1.0)) == (4, 4, 4)
+    whole = refinement.apply(probabilities, image, (1.0, 1.0, 1.0))
+    assert np.abs(whole - probabilities).max() > 0.05
+    # Slabs of 2 planes (with 4 planes of halo on each side) ...
+    slabs = refinement.apply(probabilities, image, (1.0, 1.0, 1.0), max_voxels=10 * 24 * 20)
+    np.testing.assert_allclose(slabs, whole, atol=1e-6)
+    # ... and a region: its values, with the context around it.
+    region = (slice(5, 17), slice(3, 20), slice(0, 9))
+    part = refinement.apply(probabilities, image, (1.0, 1.0, 1.0), region=region, max_voxels=3000)
+    np.testing.assert_allclose(part, whole[(slice(None), *region)], atol=1e-6)
+    with pytest.raises(ValueError, match="not a non-empty region"):
+        refinement.apply(
+            probabilities, image, (1.0, 1.0, 1.0), region=(slice(5, 5), slice(None), slice(None))
+        )
+
+
 def test_bad_arguments_are_refused():
     image, probabilities, _ = _disk_case()
     refinement = MeanField((0.05,))
@@ -174,6 +203,25 @@ def test_blocks_with_the_halo_equal_the_whole_image(tmp_path, shape, block):
     np.testing.assert_allclose(zarr.open_array(str(tmp_path / "probabilities.zarr"))[...], whole, atol=1e-4)
 
 
+def test_a_model_predicts_with_another_refinement_weight_without_being_changed():
+    image, _, _ = _disk_case()
+    source = ImageSource(image[0])
+    model = build_model(TINY, spatial_dims=2, in_channels=1, num_classes=2).eval()
+    assert with_refinement_weight(model, 0.0, source) is model  # nothing to change
+    refined = with_refinement_weight(model, 2.0, source)  # none yet: one for the image's noise
+    assert model.refinement is None
+    assert refined.refinement == MeanField.for_noise(estimate_noise(source), weight=2.0)
+    assert refined.segmentation_head is model.segmentation_head  # the same weights
+    model.refinement = refined.refinement
+    assert with_refinement_weight(model, 2.0, source) is model
+    assert with_refinement_weight(model, 0.5, source).refinement.weight == 0.5
+    off = with_refinement_weight(model, 0.0, source)
+    assert off.refinement is None and model.refinement is not None
+    plain = predict_grid(off, source, roi_size=(32, 32), device="cpu")
+    model.refinement = None
+    np.testing.assert_array_equal(plain, predict_grid(model, source, roi_size=(32, 32), device="cpu"))
+
+
 def _blobs() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(4)
     yy, xx = np.mgrid[:64, :64]
@@ -208,6 +256,9 @@ def test_the_trainer_gives_the_model_its_refinement_and_previews_with_it():
     preview = trainer.preview((slice(0, 64), slice(0, 64)))
     assert preview is not None and preview.source == "network"
     np.testing.assert_allclose(preview.probabilities, refined, atol=2e-2)
+    # A part of it is computed with the refinement's halo: the same values there.
+    part = trainer.preview((slice(10, 40), slice(20, 50)))
+    np.testing.assert_allclose(part.probabilities, refined[:, 10:40, 20:50], atol=2e-2)
     # Off: no refinement anywhere.
     off = TrainConfig(device="cpu", steps=2, batch_size=2, forest_blend=0.0, crf_refinement=0.0)
     trainer = Trainer(source, labels_to_target(labels), model_config=TINY, loss_config=PCE, train_config=off)

@@ -175,7 +175,7 @@ def test_model_settings_outside_the_widget_ranges_are_shown_clamped(
     document = json.loads((folder / "model.json").read_text())
     # TrainConfig itself refuses batch sizes above 256 and seeds >= 2^31 (as the CLI does); these
     # values are valid for the library but beyond what the widget's spin boxes show.
-    document["train"].update(steps=10**30, learning_rate=5.0, prevalence_correction=True)
+    document["train"].update(steps=10**30, learning_rate=5.0, prevalence_correction=True, crf_refinement=2.5)
     (folder / "model.json").write_text(json.dumps(document))
     viewer = make_napari_viewer()
     widget = dock_widget(viewer)
@@ -190,3 +190,4 @@ def test_model_settings_outside_the_widget_ranges_are_shown_clamped(
     train = settings.to_config().train
     assert train.steps == settings.max_steps.max
     assert settings.prevalence_correction.value is True and train.prevalence_correction is True
+    assert settings.crf_refinement.value == 2.5 and train.crf_refinement == 2.5

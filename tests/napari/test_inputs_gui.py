@@ -5,8 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from scribbleseg.core.inference import predict_probabilities, probabilities_to_labels
 from scribbleseg.io.arrays import read_array
+from scribbleseg.io.checkpoint import load_model
 from scribbleseg.napari.__main__ import add_sample_layers
+from scribbleseg.napari._layers import image_source
 
 pytestmark = pytest.mark.gui
 
@@ -164,6 +167,19 @@ def test_save_load_predict_and_export(make_napari_viewer, dock_widget, qtbot, tm
         assert widget.export(str(tmp_path / name), layer=prediction), notifications.errors()
         written = read_array(tmp_path / name)
         assert np.array_equal(np.asarray(written.data), np.where(trained == 1, 0, trained))
+
+    # The CRF refinement setting applies to predictions: 0 gives the model's unrefined labels, and
+    # the model itself keeps its refinement.
+    model, metadata = load_model(model_path)
+    assert model.refinement is not None and widget.settings.crf_refinement.value == 1.0
+    widget.settings.crf_refinement.value = 0.0
+    with qtbot.waitSignal(widget.prediction_finished, timeout=20_000):
+        assert widget.predict()
+    model.refinement = None
+    source = image_source(widget.inputs.image_layers())
+    expected = probabilities_to_labels(predict_probabilities(model, source), metadata.class_values)
+    assert np.array_equal(prediction.data, expected)
+    assert widget.current_model()[0].refinement is not None
     assert not notifications.errors()
 
 

@@ -361,10 +361,8 @@ def predict_grid(
     probabilities = _mixed_probabilities(model, source, grown, grid, batch, dev, amp, tta)
     with reading_image(f"the image at {_describe_region(grown)}"):
         image = source.read(grown)
-    refined = refinement.apply(probabilities, image, source.spacing, device=dev)
-    del probabilities, image
     crop = tuple(slice(r.start - g.start, r.stop - g.start) for r, g in zip(region, grown, strict=True))
-    return np.ascontiguousarray(refined[(slice(None), *crop)])
+    return refinement.apply(probabilities, image, source.spacing, region=crop, device=dev)
 
 
 def _mixed_probabilities(

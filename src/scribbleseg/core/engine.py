@@ -521,23 +521,33 @@ class Trainer:
         # The averaged weights: in ``_average`` during a run, in ``model`` between runs.
         average_apart = self._average is not None and self._raw_weights is None
         model = self._average if average_apart else self.model
+        clipped = clip_region(region, self.source.spatial_shape)
+        refinement = self.refinement()
+        # The refinement looks ``halo`` voxels around each voxel: the view is computed with that much
+        # around it (inside the image) and cropped, as whole-image prediction does; but a single
+        # slice of a volume is refined within the slice (a halo across it would cost 30 slices).
+        halo = refinement.halo(self.source.spacing) if refinement is not None else (0,) * len(clipped)
+        grown = tuple(
+            slice(max(0, r.start - h), min(n, r.stop + h)) if r.stop - r.start > 1 else r
+            for r, h, n in zip(clipped, halo, self.source.spatial_shape, strict=True)
+        )
         probabilities = predict_region(
-            model, self.source, region, halo=self._preview_halo, device=self.device, amp=True
+            model, self.source, grown, halo=self._preview_halo, device=self.device, amp=True
         )
         self._refresh_class_factors(model)
         probabilities = reweight(probabilities, self._class_factors)
         blend = self._blend_weight()
         if blend > 0:
             assert self._teacher is not None
-            forest = self._teacher.read(clip_region(region, self.source.spatial_shape))
+            forest = self._teacher.read(grown)
             probabilities = (1.0 - blend) * probabilities + blend * forest
-        refinement = self.refinement()
         if refinement is not None:
-            # Refined within the view only (no halo): its edges may differ slightly from the
-            # prediction's, which refines with the halo.
-            clipped = clip_region(region, self.source.spatial_shape)
-            image = self.source.read(clipped)
-            probabilities = refinement.apply(probabilities, image, self.source.spacing, device=self.device)
+            crop = tuple(
+                slice(r.start - g.start, r.stop - g.start) for r, g in zip(clipped, grown, strict=True)
+            )
+            probabilities = refinement.apply(
+                probabilities, self.source.read(grown), self.source.spacing, region=crop, device=self.device
+            )
         labels = probabilities_to_labels(probabilities, self.class_map.values)
         return Preview(region=region, labels=labels, probabilities=probabilities, step=self.step)
 

@@ -35,9 +35,10 @@ from scribbleseg.core.losses.crf import effective_window_radius, window_message
 from scribbleseg.errors import ConfigError
 
 if TYPE_CHECKING:
+    from scribbleseg.core.models import ScribbleNet
     from scribbleseg.core.volume import ImageSource
 
-__all__ = ["NOISE_FLOOR", "NOISE_WIDTHS", "MeanField", "estimate_noise", "noise_of"]
+__all__ = ["NOISE_FLOOR", "NOISE_WIDTHS", "MeanField", "estimate_noise", "noise_of", "with_refinement_weight"]
 
 #: The intensity width of the kernel, in units of the image's noise standard deviation.
 NOISE_WIDTHS: float = 2.0
@@ -46,6 +47,9 @@ NOISE_WIDTHS: float = 2.0
 NOISE_FLOOR: float = 1e-3
 #: Voxels the noise is estimated from at most; larger images are sampled in patches.
 NOISE_MAX_VOXELS: int = 2_000_000
+#: Voxels refined in one piece at most (pieces overlap by the halo): about 0.1 KB of working
+#: memory per voxel with a few classes.
+MAX_VOXELS: int = 8_000_000
 #: Probabilities are clamped to this before their logarithm is taken.
 _MIN_PROBABILITY = 1e-6
 
@@ -205,9 +209,15 @@ class MeanField:
         image: np.ndarray,
         spacing: Sequence[float],
         *,
+        region: Sequence[slice] | None = None,
         device: str | torch.device = "cpu",
+        max_voxels: int = MAX_VOXELS,
     ) -> np.ndarray:
         """Refine ``probabilities`` of ``image``.
+
+        Computed in slabs along the first axis of at most about ``max_voxels`` voxels, each
+        with the :meth:`halo` around it, so memory is bounded whatever the input's size; the
+        result is the same as in one piece.
 
         Parameters
         ----------
@@ -217,33 +227,77 @@ class MeanField:
             The normalised image, ``C == len(sigma_intensity)``.
         spacing : sequence of float
             Voxel spacing per spatial axis.
+        region : tuple of slice, optional
+            The part of the input whose refined values are returned (default all of it). The
+            rest is context: values within the halo of ``region`` take part.
         device : str or torch.device
             Where to compute.
+        max_voxels : int
+            Voxels per slab at most (unless one plane of the input with the halo is larger).
 
         Returns
         -------
-        (K, *S) float32 ndarray
+        (K, *region) float32 ndarray
             Refined probabilities, summing to 1 over ``K``.
 
         Raises
         ------
         ValueError
-            If the shapes or the channel count do not fit.
+            If the shapes, the channel count or ``region`` do not fit.
         """
         if probabilities.ndim not in (3, 4) or image.ndim != probabilities.ndim:
             raise ValueError(
                 f"probabilities (K, *S) and image (C, *S) must be 2D or 3D alike, got shapes "
                 f"{probabilities.shape} and {image.shape}"
             )
-        if image.shape[1:] != probabilities.shape[1:]:
+        shape = probabilities.shape[1:]
+        if image.shape[1:] != shape:
             raise ValueError(f"image {image.shape} and probabilities {probabilities.shape} differ in size")
         if image.shape[0] != len(self.sigma_intensity):
             raise ValueError(
                 f"the refinement was set up for {len(self.sigma_intensity)} channel(s), "
                 f"the image has {image.shape[0]}"
             )
-        if len(spacing) != probabilities.ndim - 1:
+        if len(spacing) != len(shape):
             raise ValueError(f"spacing {tuple(spacing)} does not have one value per spatial axis")
+        bounds = (
+            [(0, n) for n in shape]
+            if region is None
+            else [s.indices(n)[:2] for s, n in zip(region, shape, strict=True)]
+        )
+        if region is not None and (len(region) != len(shape) or any(a >= b for a, b in bounds)):
+            raise ValueError(f"region {tuple(region)} is not a non-empty region of an input of shape {shape}")
+        halo = self.halo(spacing)
+        # Slabs along the first axis: each with the halo around it along every axis.
+        grown = [(max(0, a - h), min(n, b + h)) for (a, b), h, n in zip(bounds, halo, shape, strict=True)]
+        plane = math.prod(b - a for a, b in grown[1:])
+        depth = max(1, max_voxels // max(1, plane) - 2 * halo[0])
+        first, last = bounds[0]
+        result = np.empty((probabilities.shape[0], *(b - a for a, b in bounds)), dtype=np.float32)
+        for top in range(first, last, depth):
+            bottom = min(last, top + depth)
+            read = (
+                slice(max(0, top - halo[0]), min(shape[0], bottom + halo[0])),
+                *(slice(a, b) for a, b in grown[1:]),
+            )
+            refined = self._refine(
+                probabilities[(slice(None), *read)], image[(slice(None), *read)], spacing, device
+            )
+            keep = (
+                slice(top - read[0].start, bottom - read[0].start),
+                *(slice(a - g0, b - g0) for (a, b), (g0, _) in zip(bounds[1:], grown[1:], strict=True)),
+            )
+            result[:, top - first : bottom - first] = refined[(slice(None), *keep)]
+        return result
+
+    def _refine(
+        self,
+        probabilities: np.ndarray,
+        image: np.ndarray,
+        spacing: Sequence[float],
+        device: str | torch.device,
+    ) -> np.ndarray:
+        """Mean-field iterations on one piece, in one go (its edges are not refined exactly)."""
         relative, sigma, radius = self._kernel(spacing)
         dev = torch.device(device)
         prior = torch.from_numpy(np.ascontiguousarray(probabilities, dtype=np.float32)).to(dev)[None]
@@ -288,3 +342,39 @@ class MeanField:
     def fingerprint(self) -> str:
         """Return a string that changes with every field (for the model fingerprint)."""
         return repr(sorted(self.to_dict().items()))
+
+
+def with_refinement_weight(model: ScribbleNet, weight: float, source: ImageSource) -> ScribbleNet:
+    """``model`` predicting with a CRF refinement of ``weight`` (0 = none); ``model`` is not changed.
+
+    A model without a refinement gets one for ``source``'s noise (:func:`estimate_noise`, which
+    reads the image). Returns ``model`` itself when nothing changes, else a shallow copy that
+    shares its weights and forest.
+
+    Parameters
+    ----------
+    model : ScribbleNet
+    weight : float
+        ``λ`` of the refinement, >= 0.
+    source : ImageSource
+        The image the model will predict.
+
+    Returns
+    -------
+    ScribbleNet
+    """
+    import copy
+    import dataclasses
+
+    current = getattr(model, "refinement", None)
+    if weight == 0:
+        refinement = None
+    elif current is not None:
+        refinement = dataclasses.replace(current, weight=weight)
+    else:
+        refinement = MeanField.for_noise(estimate_noise(source), weight=weight)
+    if refinement == current:
+        return model
+    adjusted = copy.copy(model)  # nn.Module: a new attribute dict, the same parameters and buffers
+    adjusted.refinement = refinement
+    return adjusted

@@ -13,6 +13,7 @@ import numpy as np
 
 from scribbleseg.core.inference import predict_probabilities, probabilities_to_labels
 from scribbleseg.core.models import ScribbleNet
+from scribbleseg.core.refine import with_refinement_weight
 from scribbleseg.core.volume import ImageSource, block_regions
 from scribbleseg.napari._model import Region, normalised_entropy
 
@@ -59,6 +60,7 @@ def predict_blocks(
     *,
     block_shape: Sequence[int] | None = None,
     device: str = "auto",
+    crf_refinement: float | None = None,
 ) -> Iterator[BlockPrediction]:
     """Predict the whole image block by block (windows on the image's grid: no seams).
 
@@ -72,12 +74,18 @@ def predict_blocks(
         Default :func:`default_block_shape`.
     device : str
         ``auto``, ``cpu`` or ``cuda``.
+    crf_refinement : float, optional
+        Weight of the CRF refinement (0 = none); default the model's own
+        (:func:`~scribbleseg.core.refine.with_refinement_weight`; in the worker, as it may read
+        the image to estimate its noise).
 
     Yields
     ------
     BlockPrediction
         One per block, in C order.
     """
+    if crf_refinement is not None:
+        model = with_refinement_weight(model, crf_refinement, source)
     shape = source.spatial_shape
     blocks = list(block_regions(shape, block_shape or default_block_shape(shape)))
     for done, region in enumerate(blocks, start=1):

@@ -59,7 +59,8 @@ class SettingsPanel(QWidget):
         ``patch_size``, ``batch_size``, ``learning_rate``, ``contrastive_weight``, ``crf_weight``,
         ``dynamic_crf_weight``, ``dice_weight``, ``teacher_weight``, ``point_radius``, ``max_steps``,
         ``max_seconds``, ``preview_interval``, ``feature_preview_steps``, ``weight_average``,
-        ``forest_blend``, ``prevalence_correction``, ``seed``; shown by unfolding "Advanced".
+        ``forest_blend``, ``prevalence_correction``, ``crf_refinement``, ``seed``; shown by unfolding
+        "Advanced".
     """
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -149,6 +150,15 @@ class SettingsPanel(QWidget):
             tooltip="re-weight predictions to the class shares they imply over the image: narrows "
             "objects that come out too wide, shrinks objects painted only in their core",
         )
+        self.crf_refinement = FloatSpinBox(
+            label="CRF refinement",
+            value=_TRAIN.crf_refinement,
+            min=0.0,
+            max=100.0,
+            step=0.25,
+            tooltip="weight of the mean-field CRF refinement of previews and predictions, which moves "
+            "boundaries to the image's edges; 0 = off",
+        )
         self.seed = SpinBox(label="seed", value=_TRAIN.seed, min=0, max=2**31 - 1)
         self.advanced = Container(
             widgets=[
@@ -168,6 +178,7 @@ class SettingsPanel(QWidget):
                 self.weight_average,
                 self.forest_blend,
                 self.prevalence_correction,
+                self.crf_refinement,
                 self.seed,
             ],
             labels=True,
@@ -239,6 +250,7 @@ class SettingsPanel(QWidget):
             weight_average=self.weight_average.value,
             forest_blend=self.forest_blend.value,
             prevalence_correction=self.prevalence_correction.value,
+            crf_refinement=self.crf_refinement.value,
         )
         return Configs(model, loss, train)
 
@@ -274,6 +286,7 @@ class SettingsPanel(QWidget):
             (self.feature_preview_steps, train.feature_preview_steps),
             (self.weight_average, train.weight_average),
             (self.forest_blend, train.forest_blend),
+            (self.crf_refinement, train.crf_refinement),
             (self.seed, train.seed),
         ):
             shown = min(max(value, widget.min), widget.max)

@@ -265,10 +265,11 @@ class ScribbleSegWidget(QWidget):
                 below=self.inputs.scribbles_layer(),
             )
             device = self.settings.device.value
+            refinement = self.settings.crf_refinement.value  # the setting shown applies, as in training
             values = metadata.class_values
             self.outputs_panel.progress.setValue(0)
             self.prediction_run = BackgroundRun(
-                lambda: predict_blocks(model, source, values, device=device),
+                lambda: predict_blocks(model, source, values, device=device, crf_refinement=refinement),
                 on_yield=self._on_block,
                 on_error=lambda exc: None if self._closed else report_error(exc, "prediction"),
                 on_finished=self._on_prediction_finished,
