@@ -210,7 +210,8 @@ def test_a_model_predicts_with_another_refinement_weight_without_being_changed()
     assert with_refinement_weight(model, 0.0, source) is model  # nothing to change
     refined = with_refinement_weight(model, 2.0, source)  # none yet: one for the image's noise
     assert model.refinement is None
-    assert refined.refinement == MeanField.for_noise(estimate_noise(source), weight=2.0)
+    assert refined.refinement == MeanField.for_noise(estimate_noise(source), weight=2.0, spatial_dims=2)
+    assert refined.refinement.window_radius == 5
     assert refined.segmentation_head is model.segmentation_head  # the same weights
     model.refinement = refined.refinement
     assert with_refinement_weight(model, 2.0, source) is model
@@ -243,7 +244,11 @@ def test_the_trainer_gives_the_model_its_refinement_and_previews_with_it():
     )
     list(trainer.run())
     refinement = trainer.model.refinement
-    assert refinement == MeanField.for_noise(estimate_noise(source), weight=1.0)
+    assert refinement == MeanField.for_noise(estimate_noise(source), weight=1.0, spatial_dims=2)
+    assert (
+        refinement.halo((1.0, 1.0)) == (25, 25)
+        and MeanField.for_noise((0.1,), spatial_dims=3).window_radius == 3
+    )
     assert refinement.sigma_intensity[0] == pytest.approx(
         NOISE_WIDTHS * 0.05 / np.ptp(np.percentile(image, [1, 99.8])), rel=0.15
     )

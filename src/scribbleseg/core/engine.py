@@ -561,7 +561,7 @@ class Trainer:
             return None
         if self._noise is None:
             self._noise = estimate_noise(self.source, patch_size=self.patch_size, seed=self.train_config.seed)
-        return MeanField.for_noise(self._noise, weight=weight)
+        return MeanField.for_noise(self._noise, weight=weight, spatial_dims=self.source.spatial_dims)
 
     @torch.no_grad()
     def recalibrate_batch_norm(self, batches: int = 8) -> None:
