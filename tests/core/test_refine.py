@@ -79,6 +79,12 @@ def test_large_images_are_sampled_and_flat_images_get_the_floor():
     # Normalisation divides by the image's 1–99.8 percentile range: the estimate is in those units.
     assert whole[0] == pytest.approx(0.04 / np.ptp(np.percentile(image, [1, 99.8])), rel=0.1)
     assert estimate_noise(ImageSource(np.zeros((40, 40), np.float32))) == (NOISE_FLOOR,)
+    # A sample of a large image estimates what the whole image gives, also where most of it is
+    # a flat surround.
+    framed = np.zeros((600, 600), np.float32)
+    framed[50:550, 50:550] = rng.normal(0.5, 0.04, (500, 500))
+    sampled = estimate_noise(ImageSource(framed), patch_size=(50, 50), max_voxels=100_000)
+    assert sampled[0] == pytest.approx(noise_of(ImageSource(framed).read())[0], rel=0.2)
 
 
 def test_mean_field_moves_the_undecided_band_to_the_edge():

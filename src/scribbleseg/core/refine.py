@@ -67,6 +67,25 @@ MAX_VOXELS: int = 8_000_000
 _MIN_PROBABILITY = 1e-6
 
 
+def _second_differences(image: np.ndarray) -> list[list[np.ndarray]]:
+    """Per channel, the second differences along each axis at least 3 voxels long (flattened)."""
+    array = np.asarray(image, dtype=np.float32)
+    return [
+        [np.diff(channel, 2, axis=axis).ravel() for axis in range(channel.ndim) if channel.shape[axis] >= 3]
+        for channel in array
+    ]
+
+
+def _noise_from(residuals: list[np.ndarray]) -> float:
+    """Mean over axes of 1.4826 × MAD / √6 of one channel's second differences."""
+    estimates = []
+    for residual in residuals:
+        if residual.size:
+            deviation = np.median(np.abs(residual - np.median(residual)))
+            estimates.append(1.4826 * float(deviation) / math.sqrt(6.0))
+    return float(np.mean(estimates)) if estimates else 0.0
+
+
 def noise_of(image: np.ndarray) -> tuple[float, ...]:
     """Noise standard deviation of each channel, robust to edges and smooth shading.
 
@@ -84,18 +103,7 @@ def noise_of(image: np.ndarray) -> tuple[float, ...]:
     tuple of float
         One value per channel; 0.0 where no axis is 3 voxels long or the channel is flat.
     """
-    array = np.asarray(image, dtype=np.float32)
-    result = []
-    for channel in array:
-        estimates = []
-        for axis in range(channel.ndim):
-            if channel.shape[axis] < 3:
-                continue
-            residual = np.diff(channel, 2, axis=axis)
-            deviation = np.median(np.abs(residual - np.median(residual)))
-            estimates.append(1.4826 * float(deviation) / math.sqrt(6.0))
-        result.append(float(np.mean(estimates)) if estimates else 0.0)
-    return tuple(result)
+    return tuple(_noise_from(residuals) for residuals in _second_differences(image))
 
 
 def estimate_noise(
@@ -108,7 +116,9 @@ def estimate_noise(
     """Noise standard deviation of each channel of a normalised image (see :func:`noise_of`).
 
     Images of at most ``max_voxels`` voxels are read whole; larger ones as up to
-    ``max_voxels / prod(patch_size)`` patches at seeded random places (never the whole image).
+    ``max_voxels / prod(patch_size)`` patches at seeded random places (never the whole image),
+    whose second differences are pooled: the same statistic as for the whole image, on a
+    sample of it.
 
     Parameters
     ----------
@@ -131,13 +141,15 @@ def estimate_noise(
         patch = [min(int(p), n) for p, n in zip(patch_size or [default] * len(shape), shape, strict=True)]
         count = max(1, max_voxels // math.prod(patch))
         rng = np.random.default_rng(seed)
-        per_patch = []
+        pooled: list[list[list[np.ndarray]]] = []  # [patch][channel][axis]
         for _ in range(count):
             starts = [int(rng.integers(0, n - p + 1)) for p, n in zip(patch, shape, strict=True)]
-            per_patch.append(
-                noise_of(source.read(tuple(slice(a, a + p) for a, p in zip(starts, patch, strict=True))))
-            )
-        noise = tuple(float(np.median(values)) for values in zip(*per_patch, strict=True))
+            region = tuple(slice(a, a + p) for a, p in zip(starts, patch, strict=True))
+            pooled.append(_second_differences(source.read(region)))
+        noise = tuple(
+            _noise_from([np.concatenate(parts) for parts in zip(*per_channel, strict=True)])
+            for per_channel in zip(*pooled, strict=True)
+        )
     return tuple(max(n, NOISE_FLOOR) for n in noise)
 
 
