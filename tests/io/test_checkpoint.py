@@ -211,11 +211,13 @@ def test_version_3_folders_still_load(tmp_path, blobs2d):
 
     def as_version_3(document):
         document["format_version"] = 3
-        del document["refinement"]
+        del document["refinement"], document["train"]["crf_refinement"]
 
     _edit_json(folder, as_version_3)
-    loaded, _ = load_model(folder)
+    loaded, metadata = load_model(folder)
     assert loaded.refinement is None and loaded.class_factors == (1.25, 0.75)
+    # Its settings say it was trained without the refinement (a widget then predicts without it).
+    assert metadata.train["crf_refinement"] == 0.0
     # A version 3 folder with a refinement entry is not ours.
     _edit_json(folder, lambda d: d.update(refinement=None))
     with pytest.raises(ModelFileError, match="refinement"):

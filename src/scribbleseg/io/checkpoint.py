@@ -355,6 +355,11 @@ def _read_document(path: str | os.PathLike[str]) -> tuple[pathlib.Path, dict[str
 
 def _metadata(folder: pathlib.Path, data: Mapping[str, Any]) -> ModelMetadata:
     fields = {k: v for k, v in data.items() if k not in _OWN_KEYS[data["format_version"]]}
+    train = fields.get("train")
+    if data["format_version"] < 4 and isinstance(train, Mapping) and "crf_refinement" not in train:
+        # Trained before the CRF refinement existed: say so, so that a widget showing these
+        # settings predicts as the model does (without it), not with today's default.
+        fields["train"] = {**train, "crf_refinement": 0.0}
     try:
         return ModelMetadata.from_dict(fields)
     except (ConfigError, TypeError, ValueError, OverflowError) as exc:  # e.g. int("x") in a config
