@@ -296,12 +296,14 @@ class MeanField:
             )
         if len(spacing) != len(shape):
             raise ValueError(f"spacing {tuple(spacing)} does not have one value per spatial axis")
+        if region is not None and len(region) != len(shape):
+            raise ValueError(f"region {tuple(region)} does not have one slice per spatial axis")
         bounds = (
             [(0, n) for n in shape]
             if region is None
             else [s.indices(n)[:2] for s, n in zip(region, shape, strict=True)]
         )
-        if region is not None and (len(region) != len(shape) or any(a >= b for a, b in bounds)):
+        if any(a >= b for a, b in bounds):
             raise ValueError(f"region {tuple(region)} is not a non-empty region of an input of shape {shape}")
         halo = self.halo(spacing)
         # Slabs along the first axis: each with the halo around it along every axis.
