@@ -59,6 +59,7 @@ from scribbleseg.core.inference import (
 )
 from scribbleseg.core.models import DOWNSAMPLING, ScribbleNet
 from scribbleseg.core.prevalence import reweight
+from scribbleseg.core.refine import grown_region
 from scribbleseg.core.volume import ImageSource, region_bounds
 from scribbleseg.errors import ConfigError, InputError, ScribbleSegError
 from scribbleseg.io.zarr import ATTRIBUTES_KEY
@@ -353,15 +354,10 @@ def predict_grid(
         return _mixed_probabilities(model, source, region, grid, batch, dev, amp, tta)
     # The refined value of a voxel depends on everything within the refinement's halo: computing
     # it over the region grown by the halo (inside the image) keeps blocks equal to the whole image.
-    halo = refinement.halo(source.spacing)
-    grown = tuple(
-        slice(max(0, r.start - h), min(n, r.stop + h))
-        for r, h, n in zip(region, halo, source.spatial_shape, strict=True)
-    )
+    grown, crop = grown_region(region, refinement.halo(source.spacing), source.spatial_shape)
     probabilities = _mixed_probabilities(model, source, grown, grid, batch, dev, amp, tta)
     with reading_image(f"the image at {_describe_region(grown)}"):
         image = source.read(grown)
-    crop = tuple(slice(r.start - g.start, r.stop - g.start) for r, g in zip(region, grown, strict=True))
     return refinement.apply(probabilities, image, source.spacing, region=crop, device=dev)
 
 

@@ -54,7 +54,7 @@ from scribbleseg.core.losses import (
 from scribbleseg.core.models import DOWNSAMPLING, ScribbleNet, build_model
 from scribbleseg.core.pixel_classifier import ForestBlend, ForestTeacher, feature_preview
 from scribbleseg.core.prevalence import estimate_factors, reweight
-from scribbleseg.core.refine import MeanField, estimate_noise
+from scribbleseg.core.refine import MeanField, estimate_noise, grown_region
 from scribbleseg.core.sampling import PatchSampler
 from scribbleseg.core.volume import ImageSource, clip_region
 from scribbleseg.errors import ConfigError, ScribbleSegError
@@ -527,10 +527,8 @@ class Trainer:
         # around it (inside the image) and cropped, as whole-image prediction does; but a single
         # slice of a volume is refined within the slice (a halo across it would cost 30 slices).
         halo = refinement.halo(self.source.spacing) if refinement is not None else (0,) * len(clipped)
-        grown = tuple(
-            slice(max(0, r.start - h), min(n, r.stop + h)) if r.stop - r.start > 1 else r
-            for r, h, n in zip(clipped, halo, self.source.spatial_shape, strict=True)
-        )
+        halo = tuple(h if r.stop - r.start > 1 else 0 for r, h in zip(clipped, halo, strict=True))
+        grown, crop = grown_region(clipped, halo, self.source.spatial_shape)
         probabilities = predict_region(
             model, self.source, grown, halo=self._preview_halo, device=self.device, amp=True
         )
@@ -542,9 +540,6 @@ class Trainer:
             forest = self._teacher.read(grown)
             probabilities = (1.0 - blend) * probabilities + blend * forest
         if refinement is not None:
-            crop = tuple(
-                slice(r.start - g.start, r.stop - g.start) for r, g in zip(clipped, grown, strict=True)
-            )
             probabilities = refinement.apply(
                 probabilities, self.source.read(grown), self.source.spacing, region=crop, device=self.device
             )

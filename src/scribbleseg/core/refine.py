@@ -44,6 +44,7 @@ __all__ = [
     "WINDOW_RADIUS",
     "MeanField",
     "estimate_noise",
+    "grown_region",
     "noise_of",
     "with_refinement_weight",
 ]
@@ -367,19 +368,30 @@ class MeanField:
         keys = {"sigma_intensity", "weight", "sigma_spatial", "window_radius", "iterations"}
         if not isinstance(data, Mapping) or set(data) != keys:
             raise ConfigError(f"a CRF refinement must be a mapping with exactly the keys {sorted(keys)}")
-        return cls(
-            sigma_intensity=tuple(data["sigma_intensity"])
-            if isinstance(data["sigma_intensity"], list)
-            else data["sigma_intensity"],
-            weight=data["weight"],
-            sigma_spatial=data["sigma_spatial"],
-            window_radius=data["window_radius"],
-            iterations=data["iterations"],
-        )
+        return cls(**dict(data))  # __post_init__ checks and converts every field
 
     def fingerprint(self) -> str:
         """Return a string that changes with every field (for the model fingerprint)."""
         return repr(sorted(self.to_dict().items()))
+
+
+def grown_region(
+    region: Sequence[slice], halo: Sequence[int], shape: Sequence[int]
+) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
+    """``region`` grown by ``halo`` voxels per side (inside ``shape``), and ``region`` within it.
+
+    Returns
+    -------
+    grown : tuple of slice
+        The region to compute and read.
+    crop : tuple of slice
+        Where ``region`` lies inside ``grown`` (to pass as :meth:`MeanField.apply`'s ``region``).
+    """
+    grown = tuple(
+        slice(max(0, r.start - h), min(n, r.stop + h)) for r, h, n in zip(region, halo, shape, strict=True)
+    )
+    crop = tuple(slice(r.start - g.start, r.stop - g.start) for r, g in zip(region, grown, strict=True))
+    return grown, crop
 
 
 def with_refinement_weight(model: ScribbleNet, weight: float, source: ImageSource) -> ScribbleNet:
