@@ -18,6 +18,10 @@ method gets the same annotations and the same CPU threads:
     The defaults without the moving average of the weights (``TrainConfig.weight_average=0``).
 ``noblend``
     The defaults without the forest mixed into the prediction (``TrainConfig.forest_blend=0``).
+``nohandover``
+    The defaults with the forest blend fading with the teacher only, also in 2D
+    (``TrainConfig.forest_blend_steps`` past the teacher's steps; by default the blend hands over
+    to the network after 1500 steps in 2D).
 ``prevalence``
     The defaults with the prevalence correction (``TrainConfig.prevalence_correction=True``,
     off by default).
@@ -31,8 +35,9 @@ method gets the same annotations and the same CPU threads:
 
 The other network methods train without the weight average, the forest blend and the CRF
 refinement: ``pce`` and ``dense`` are the plain baselines the issue defines, and the loss ablation
-isolates the loss terms; ``noaverage``, ``noblend``, ``prevalence`` and ``norefine`` against
-``defaults`` show what the average, the blend, the prevalence correction and the refinement add.
+isolates the loss terms; ``noaverage``, ``noblend``, ``nohandover``, ``prevalence`` and ``norefine``
+against ``defaults`` show what the average, the blend, its hand-over, the prevalence correction and
+the refinement add.
 
 Each network trains once per seed and is evaluated at every budget in ``--budgets`` (the clock
 stops while it is evaluated): the mean foreground Dice of the whole-image prediction. Results are
@@ -77,6 +82,7 @@ NETWORK_METHODS = (
     "all",
     "noaverage",
     "noblend",
+    "nohandover",
     "prevalence",
     "norefine",
     "defaults",
@@ -92,6 +98,7 @@ LABELS = {
     "all": "pCE + all three regularizers",
     "noaverage": "defaults without weight averaging",
     "noblend": "defaults without the forest blend",
+    "nohandover": "defaults without the 2D hand-over of the forest blend",
     "prevalence": "defaults with the prevalence correction",
     "norefine": "defaults without the CRF refinement",
     "defaults": "**ScribbleSeg defaults**",
@@ -170,6 +177,8 @@ def train_for(method: str, *, seed: int, threads: int) -> Any:
         return replace(config, weight_average=0.0)
     if method == "noblend":
         return replace(config, forest_blend=0.0)
+    if method == "nohandover":
+        return replace(config, forest_blend_steps=10**9)
     return replace(config, weight_average=0.0, forest_blend=0.0, crf_refinement=0.0)
 
 

@@ -212,8 +212,17 @@ def build_parser() -> argparse.ArgumentParser:
         default=TrainConfig.forest_blend,
         metavar="W",
         help="weight of the random forest's probabilities mixed into the saved model's predictions, "
-        f"falling as the network trains, to 0 after {defaults.teacher_steps} steps "
+        f"falling as the network trains, to 0 after {defaults.teacher_steps} steps or --forest-blend-steps "
         f"(0 = network only; default {TrainConfig.forest_blend})",
+    )
+    train.add_argument(
+        "--forest-blend-steps",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="steps after which the network stands alone: the forest's weight hands over to the network "
+        "from 2/3 of N to N (default 1500 in 2D; in 3D none, the weight then falls over the teacher's "
+        f"{defaults.teacher_steps} steps)",
     )
     train.add_argument(
         "--prevalence-correction",
@@ -401,6 +410,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "device": args.device,
         "weight_average": args.weight_average,
         "forest_blend": args.forest_blend,
+        "forest_blend_steps": args.forest_blend_steps,
         "prevalence_correction": args.prevalence_correction,
         "crf_refinement": args.crf_refinement,
     }

@@ -141,6 +141,8 @@ def test_usage_errors_are_one_line(tmp_path, files2d):
     assert_bad_input(run_cli("train", files2d["image"]), "required")
     assert_bad_input(_train(files2d, tmp_path / "m", "--crf-weight", "-1"), "crf-weight")
     assert_bad_input(_train(files2d, tmp_path / "m", "--forest-blend", "1.5"), "forest-blend", "[0, 1]")
+    result = _train(files2d, tmp_path / "m", "--forest-blend-steps", "2")
+    assert_bad_input(result, "forest_blend_steps", ">= 3")
 
 
 def test_the_saved_forest_is_used_unless_network_only(tmp_path, files2d):
@@ -164,10 +166,11 @@ def test_the_saved_forest_is_used_unless_network_only(tmp_path, files2d):
 
 
 def test_forest_blend_option_reaches_the_model(tmp_path, files2d):
-    result = _train(files2d, tmp_path / "m", "--forest-blend", "0")
+    result = _train(files2d, tmp_path / "m", "--forest-blend", "0", "--forest-blend-steps", "900")
     assert result.returncode == 0, result.stderr
     document = json.loads((tmp_path / "m" / "model.json").read_text())
     assert document["train"]["forest_blend"] == 0.0
+    assert document["train"]["forest_blend_steps"] == 900
     assert document["forest_blend"] is None and not (tmp_path / "m" / "forest.skops").exists()
 
 

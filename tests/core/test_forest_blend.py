@@ -11,7 +11,7 @@ import zarr
 
 from scribbleseg.core.annotations import labels_to_target
 from scribbleseg.core.blockwise import model_fingerprint, predict_blockwise
-from scribbleseg.core.config import LossConfig, ModelConfig, TrainConfig
+from scribbleseg.core.config import LossConfig, ModelConfig, TrainConfig, default_forest_blend_steps
 from scribbleseg.core.engine import Trainer
 from scribbleseg.core.inference import predict_probabilities, probabilities_to_labels
 from scribbleseg.core.pixel_classifier import ForestBlend, ForestTeacher
@@ -104,6 +104,33 @@ def test_the_blend_fades_out_and_can_be_switched_off(blobs2d):
     _, trainer = _trainer_with_forest(image, scribbles, forest_blend=0.0, steps=20)
     assert trainer.model.forest_blend is None
     assert trainer.metadata().training["forest_blend"] == 0.0
+
+
+def test_the_network_takes_over_after_forest_blend_steps(blobs2d):
+    image, scribbles, _ = blobs2d
+    # The teacher's fade (100 steps) is far from done when the blend hands over at 30 steps.
+    _, trainer = _trainer_with_forest(image, scribbles, forest_blend_steps=30, steps=1)
+    start = trainer._teacher_start_step  # the step at which the forest came in
+    assert trainer.model.forest_blend is not None and trainer.step - start < 24
+    trainer.train_config = replace(trainer.train_config, steps=24 - (trainer.step - start))
+    list(trainer.run())  # 24 steps in: between 20 and 30 the weight falls to 0
+    weight = trainer.model.forest_blend.weight
+    assert 0 < weight < 0.7 * (1 - (trainer.step - start) / 100)
+    trainer.train_config = replace(trainer.train_config, steps=10)
+    list(trainer.run())
+    assert trainer.model.forest_blend is None
+    assert trainer.metadata().train["forest_blend_steps"] == 30
+    with pytest.raises(ValueError, match="forest_blend_steps"):
+        TrainConfig(forest_blend_steps=2)
+
+
+def test_by_default_the_blend_hands_over_in_2d_only():
+    # docs/benchmarks.md: a 2D network is better alone after ~1700 CPU steps; a 3D one is not.
+    assert TrainConfig().forest_blend_steps is None
+    assert default_forest_blend_steps(2) == 1500
+    assert default_forest_blend_steps(3) is None
+    with pytest.raises(ValueError, match="spatial_dims"):
+        default_forest_blend_steps(4)
 
 
 def test_preview_mixes_the_teachers_probabilities_in(blobs2d):

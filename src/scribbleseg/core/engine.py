@@ -32,6 +32,7 @@ from scribbleseg.core.config import (
     ModelConfig,
     TrainConfig,
     crf_grid,
+    default_forest_blend_steps,
     default_patch_size,
 )
 from scribbleseg.core.inference import (
@@ -626,8 +627,21 @@ class Trainer:
         return self.loss_config.teacher_weight * self._teacher_fade()
 
     def _blend_weight(self) -> float:
-        """Weight of the forest in previews and predictions now (TrainConfig.forest_blend)."""
-        return self.train_config.forest_blend * self._teacher_fade()
+        """Weight of the forest in previews and predictions now (TrainConfig.forest_blend).
+
+        It fades with the teacher, and hands over to the network between two thirds of
+        ``forest_blend_steps`` and ``forest_blend_steps`` after the forest came in (by default in
+        2D only: :func:`~scribbleseg.core.config.default_forest_blend_steps`).
+        """
+        if self._teacher is None:
+            return 0.0
+        end = self.train_config.forest_blend_steps
+        if end is None:
+            end = default_forest_blend_steps(self.source.spatial_dims)
+        weight = self.train_config.forest_blend * self._teacher_fade()
+        if end is None:
+            return weight
+        return weight * min(1.0, max(0.0, (end - (self.step - self._teacher_start_step)) / (end / 3)))
 
     def _attach_forest(self) -> None:
         """Give ``self.model`` the forest blend of this step (or none), for prediction and saving."""
@@ -644,7 +658,7 @@ class Trainer:
 
         The forest is fitted in its own thread while the network trains, so neither the first
         steps nor Stop wait for it. It is refitted on new labels at most every 30 s, and only
-        while its weight has not faded out.
+        while its teacher weight or its blend weight has not faded out.
         """
         cfg = self.loss_config
         if cfg.teacher_weight == 0 and self.train_config.forest_blend == 0:
@@ -667,7 +681,7 @@ class Trainer:
                 self._teacher = teacher
             if not teacher.abandoned:  # else fit again (a Stop or the end of a run abandoned it)
                 self._teacher_version = version
-        fading_done = self._teacher is not None and self._teacher_fade() == 0
+        fading_done = self._teacher is not None and self._teacher_weight() == 0 and self._blend_weight() == 0
         up_to_date = self._teacher_version == self._labels_version
         recent = time.perf_counter() - self._teacher_started_at < 30.0
         if fading_done or up_to_date or (self._teacher is not None and recent) or self._teacher_failed:
