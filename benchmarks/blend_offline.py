@@ -1,0 +1,192 @@
+"""How much forest the final prediction should mix in, once the network has trained a while.
+
+Two measurements behind ``TrainConfig.forest_blend_steps`` (the blend's hand-over to the network,
+by default after 1500 steps in 2D and never in 3D; ``docs/benchmarks.md``):
+
+* ``sets``: trains the defaults once per set (``dataset/kind/density/seed``, 180 s on 2 CPU
+  threads, as ``accuracy.py``; the forest blend as it was before the hand-over, fading with the
+  teacher only), caches the network's probabilities (plain and averaged over flips), the forest's,
+  and prints the Dice of the refined mix ``(1 − a)·network + a·forest`` for several ``a``, with and
+  without flip test-time augmentation, at refinement weights 1 and 2;
+* ``steps``: trains the defaults on one 3D set for 500, 1000, 1500 steps and prints, at each, the
+  network alone, the forest alone and the refined mixes: does a longer-trained 3D network still
+  need the forest?
+
+    python benchmarks/blend_offline.py sets nuclei2d/points/sparse/0 nuclei2d/points/sparse/1 \\
+        nuclei2d/points/dense/0 nuclei2d/scribbles/dense/0 nuclei2d/scribbles/sparse/0 \\
+        mri3d/scribbles/dense/0 mri3d/points/dense/0                            # about 40 min
+    python benchmarks/blend_offline.py steps mri3d/scribbles/sparse/0           # about 17 min
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import accuracy
+
+CACHE = Path(__file__).resolve().parent / "results" / "blend"
+MIXES = (0.0, 0.2, 0.4, 0.6, 0.8)
+
+
+def _trainer(dataset: str, kind: str, density: str, seed: int, **train: Any) -> tuple[Any, Any, Any, Any]:
+    import torch
+
+    from scribbleseg.core.annotations import labels_to_target
+    from scribbleseg.core.engine import Trainer
+    from scribbleseg.core.volume import ImageSource
+    from scribbleseg.samples import load_sample
+
+    torch.set_num_threads(2)
+    sample = load_sample(dataset)
+    labels = accuracy.annotate(sample, kind, density, seed)
+    source = ImageSource(sample.image, spacing=sample.spacing)
+    target = labels_to_target(labels, spacing=sample.spacing, background=sample.background_class)
+    config = replace(accuracy.train_for("nohandover", seed=seed, threads=2), **train)
+    trainer = Trainer(source, target, loss_config=accuracy.loss_for("defaults"), train_config=config)
+    return sample, source, target, trainer
+
+
+def _parts(trainer: Any, source: Any, *, tta: bool) -> dict[str, Any]:
+    """The network's and the forest's probabilities, without the blend and the refinement."""
+    from scribbleseg.core.inference import predict_probabilities
+
+    model = trainer.model
+    refinement, blend = model.refinement, model.forest_blend
+    model.refinement = model.forest_blend = None
+    try:
+        parts = {"net": predict_probabilities(model, source, device="cpu")}
+        if tta:
+            parts["net_tta"] = predict_probabilities(model, source, device="cpu", tta=True)
+    finally:
+        model.refinement, model.forest_blend = refinement, blend
+    region = tuple(slice(0, s) for s in source.spatial_shape)
+    parts["forest"] = blend.probabilities(source, region)
+    parts["w"] = blend.weight
+    parts["sigma"] = np.array(refinement.sigma_intensity)
+    return parts
+
+
+def _dice(probabilities: np.ndarray, values: Any, sample: Any) -> float:
+    from scribbleseg.core.inference import probabilities_to_labels
+
+    return accuracy.foreground_dice(probabilities_to_labels(probabilities, values), sample)
+
+
+def _refine(
+    probabilities: np.ndarray, image: np.ndarray, source: Any, sigma: Any, weight: float
+) -> np.ndarray:
+    from scribbleseg.core.refine import WINDOW_RADIUS, MeanField
+
+    refinement = MeanField(tuple(sigma), weight=weight, window_radius=WINDOW_RADIUS[source.spatial_dims])
+    return refinement.apply(probabilities, image, source.spacing)
+
+
+def _cues(probabilities: np.ndarray, values: Any, labels: np.ndarray, image: np.ndarray, sigma: Any) -> str:
+    """Label-free cues of a classifier's quality: confidence off the labels, image-edge energy.
+
+    ``confidence``: the mean top probability on unlabelled voxels. ``energy``: the Potts energy of
+    its labels, the sum over neighbour pairs with different labels of ``exp(-Δ² / 2σ²)`` (Δ the
+    first channel's difference, σ the refinement's intensity width): low when its boundaries run
+    along the image's edges and are few.
+    """
+    from scribbleseg.core.inference import probabilities_to_labels
+
+    hard = probabilities_to_labels(probabilities, values)
+    energy = 0.0
+    for axis in range(hard.ndim):
+        ahead = tuple(slice(1, None) if a == axis else slice(None) for a in range(hard.ndim))
+        behind = tuple(slice(None, -1) if a == axis else slice(None) for a in range(hard.ndim))
+        affinity = np.exp(-((image[0][ahead] - image[0][behind]) ** 2) / (2 * float(sigma[0]) ** 2))
+        energy += float(((hard[ahead] != hard[behind]) * affinity).sum())
+    confidence = float(probabilities.max(0)[labels == 0].mean())
+    return f"confidence {confidence:.3f}, energy {energy:.0f}"
+
+
+def sets(specs: list[str], budget: float) -> None:
+    CACHE.mkdir(parents=True, exist_ok=True)
+    for spec in specs:
+        dataset, kind, density, seed = spec.split("/")
+        path = CACHE / f"{dataset}_{kind}_{density}_{seed}.npz"
+        sample, source, target, trainer = _trainer(dataset, kind, density, int(seed), time_budget=budget)
+        if path.exists():
+            data = dict(np.load(path))
+        else:
+            for _ in trainer.run():
+                pass
+            data = _parts(trainer, source, tta=True) | {"steps": trainer.step}
+            np.savez_compressed(path, **data)
+        image = source.read(tuple(slice(0, s) for s in source.spatial_shape))
+        values = target.class_map.values
+        w = float(data["w"])
+        alone = {name: _dice(data[name], values, sample) for name in ("net", "net_tta", "forest")}
+        print(
+            f"{spec}: {int(data['steps'])} steps, blend weight then {w:.2f}; network {alone['net']:.3f}, "
+            f"with flips {alone['net_tta']:.3f}, forest {alone['forest']:.3f}"
+        )
+        labels = accuracy.annotate(sample, kind, density, int(seed))
+        for name in ("net", "forest"):
+            print(f"  {name}: " + _cues(data[name], values, labels, image, data["sigma"]))
+        for name in ("net", "net_tta"):
+            for weight in (1.0, 2.0):
+                cells = []
+                for a in sorted({*MIXES, round(w, 2)}):
+                    mix = (1 - a) * data[name] + a * data["forest"]
+                    dice = _dice(_refine(mix, image, source, data["sigma"], weight), values, sample)
+                    cells.append(f"a={a:.2f} {dice:.3f}")
+                flips = "with flips" if name == "net_tta" else "no flips"
+                print(f"  refined λ={weight:g}, {flips}: " + ", ".join(cells), flush=True)
+
+
+def steps(spec: str, chunk: int, chunks: int) -> None:
+    dataset, kind, density, seed = spec.split("/")
+    sample, source, target, trainer = _trainer(dataset, kind, density, int(seed), steps=chunk)
+    image = source.read(tuple(slice(0, s) for s in source.spatial_shape))
+    values = target.class_map.values
+    started = time.perf_counter()
+    for _ in range(chunks):
+        for _ in trainer.run():
+            pass
+        data = _parts(trainer, source, tta=False)
+        cells = []
+        for a in (0.0, 0.3, 0.5, 0.7):
+            mix = (1 - a) * data["net"] + a * data["forest"]
+            refined = _refine(mix, image, source, data["sigma"], 1.0)
+            cells.append(f"a={a:.1f} {_dice(refined, values, sample):.3f}")
+        print(
+            f"{spec} step {trainer.step} ({time.perf_counter() - started:.0f} s): network "
+            f"{_dice(data['net'], values, sample):.3f}, forest {_dice(data['forest'], values, sample):.3f}; "
+            f"refined mixes " + ", ".join(cells),
+            flush=True,
+        )
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="what", required=True)
+    one = sub.add_parser("sets", help="the mix at 180 s on several sets")
+    one.add_argument("specs", nargs="+", metavar="DATASET/KIND/DENSITY/SEED")
+    one.add_argument("--budget", type=float, default=180.0)
+    two = sub.add_parser("steps", help="a 3D set at growing step counts")
+    two.add_argument("spec", metavar="DATASET/KIND/DENSITY/SEED")
+    two.add_argument("--chunk", type=int, default=500)
+    two.add_argument("--chunks", type=int, default=3)
+    args = parser.parse_args()
+    if args.what == "sets":
+        sets(args.specs, args.budget)
+    else:
+        steps(args.spec, args.chunk, args.chunks)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
