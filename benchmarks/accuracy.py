@@ -203,6 +203,7 @@ def run_network(
     )
     dice: dict[str, float] = {}
     unrefined: dict[str, float] = {}
+    kept: dict[str, float] = {}
     steps: dict[str, int] = {}
     trained = 0.0
     for budget in sorted(budgets):
@@ -221,10 +222,22 @@ def run_network(
             prediction = probabilities_to_labels(probabilities, target.class_map.values)
             unrefined[f"{budget:g}"] = foreground_dice(prediction, sample)
             trainer.model.refinement = refinement
+        if method == "defaults" and source.spatial_dims == 2:
+            # The same network with the blend the defaults had before the 2D hand-over.
+            config = trainer.train_config
+            trainer.train_config = replace(config, forest_blend_steps=10**9)
+            trainer._attach_forest()  # the blend of this step under that schedule
+            probabilities = predict_probabilities(trainer.model, source, device="cpu")
+            prediction = probabilities_to_labels(probabilities, target.class_map.values)
+            kept[f"{budget:g}"] = foreground_dice(prediction, sample)
+            trainer.train_config = config
+            trainer._attach_forest()
     outcome: dict[str, Any] = {"dice": dice, "steps": steps, "seconds": trained}
     outcome["refinement"] = trainer.model.refinement.to_dict() if trainer.model.refinement else None
     if unrefined:
         outcome["dice_norefine"] = unrefined
+    if kept:
+        outcome["dice_nohandover"] = kept
     return outcome
 
 
@@ -487,6 +500,16 @@ def main(argv: list[str] | None = None) -> int:
                         "method": "norefine",
                         "dice": unrefined,
                         "refinement": None,
+                        "derived_from": record["key"],
+                    }
+                )
+            if "dice_nohandover" in record:
+                derived.append(
+                    record
+                    | {
+                        "key": run_key(dataset, annotation, "nohandover", seed),
+                        "method": "nohandover",
+                        "dice": record.pop("dice_nohandover"),
                         "derived_from": record["key"],
                     }
                 )
