@@ -12,9 +12,10 @@ by default after 1500 steps in 2D and never in 3D; ``docs/benchmarks.md``):
   network alone, the forest alone and the refined mixes: does a longer-trained 3D network still
   need the forest?
 
-    python benchmarks/blend_offline.py sets nuclei2d/points/sparse/0 nuclei2d/points/sparse/1 \\
-        nuclei2d/points/dense/0 nuclei2d/scribbles/dense/0 nuclei2d/scribbles/sparse/0 \\
-        mri3d/scribbles/dense/0 mri3d/points/dense/0                            # about 40 min
+    python benchmarks/blend_offline.py sets nuclei2d/points/dense/0 nuclei2d/points/sparse/0 \\
+        nuclei2d/points/sparse/1 nuclei2d/scribbles/dense/0 nuclei2d/scribbles/sparse/0 \\
+        mri3d/points/dense/0 mri3d/points/sparse/0 mri3d/scribbles/dense/0 \\
+        mri3d/scribbles/sparse/0                                    # about 60 min, 10 with the cache
     python benchmarks/blend_offline.py steps mri3d/scribbles/sparse/0           # about 17 min
 """
 
