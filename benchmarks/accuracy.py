@@ -182,25 +182,34 @@ def train_for(method: str, *, seed: int, threads: int) -> Any:
     return replace(config, weight_average=0.0, forest_blend=0.0, crf_refinement=0.0)
 
 
-def run_network(
-    sample: Any, labels: np.ndarray, method: str, *, seed: int, budgets: list[float], threads: int
-) -> dict[str, Any]:
+def build_trainer(
+    sample: Any, labels: np.ndarray, method: str, *, seed: int, threads: int, **train: Any
+) -> tuple[Any, Any, Any]:
+    """``(source, target, trainer)`` of ``method`` on ``labels``, on ``threads`` CPU threads.
+
+    ``train`` overrides fields of :func:`train_for`'s configuration (e.g. ``time_budget``).
+    """
     import torch
 
     from scribbleseg.core.annotations import labels_to_target
     from scribbleseg.core.engine import Trainer
-    from scribbleseg.core.inference import predict_probabilities, probabilities_to_labels
     from scribbleseg.core.volume import ImageSource
 
     torch.set_num_threads(threads)
     source = ImageSource(sample.image, spacing=sample.spacing)
     target = labels_to_target(labels, spacing=sample.spacing, background=sample.background_class)
-    trainer = Trainer(
-        source,
-        target,
-        loss_config=loss_for(method),
-        train_config=train_for(method, seed=seed, threads=threads),
-    )
+    config = replace(train_for(method, seed=seed, threads=threads), **train)
+    trainer = Trainer(source, target, loss_config=loss_for(method), train_config=config)
+    return source, target, trainer
+
+
+def run_network(
+    sample: Any, labels: np.ndarray, method: str, *, seed: int, budgets: list[float], threads: int
+) -> dict[str, Any]:
+
+    from scribbleseg.core.inference import predict_probabilities, probabilities_to_labels
+
+    source, target, trainer = build_trainer(sample, labels, method, seed=seed, threads=threads)
     dice: dict[str, float] = {}
     unrefined: dict[str, float] = {}
     kept: dict[str, float] = {}

@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -38,20 +37,14 @@ MIXES = (0.0, 0.2, 0.4, 0.6, 0.8)
 
 
 def _trainer(dataset: str, kind: str, density: str, seed: int, **train: Any) -> tuple[Any, Any, Any, Any]:
-    import torch
-
-    from scribbleseg.core.annotations import labels_to_target
-    from scribbleseg.core.engine import Trainer
-    from scribbleseg.core.volume import ImageSource
     from scribbleseg.samples import load_sample
 
-    torch.set_num_threads(2)
     sample = load_sample(dataset)
     labels = accuracy.annotate(sample, kind, density, seed)
-    source = ImageSource(sample.image, spacing=sample.spacing)
-    target = labels_to_target(labels, spacing=sample.spacing, background=sample.background_class)
-    config = replace(accuracy.train_for("nohandover", seed=seed, threads=2), **train)
-    trainer = Trainer(source, target, loss_config=accuracy.loss_for("defaults"), train_config=config)
+    # The defaults as they were before the 2D hand-over (nohandover), on 2 threads as accuracy.py.
+    source, target, trainer = accuracy.build_trainer(
+        sample, labels, "nohandover", seed=seed, threads=2, **train
+    )
     return sample, source, target, trainer
 
 

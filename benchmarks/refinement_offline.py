@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -43,21 +42,14 @@ def trained_probabilities(
     path = cache / f"{dataset}_{kind}_{density}_{seed}_defaults.npz"
     if path.exists():
         return dict(np.load(path))
-    import torch
-
-    from scribbleseg.core.annotations import labels_to_target
-    from scribbleseg.core.engine import Trainer
     from scribbleseg.core.inference import predict_probabilities
-    from scribbleseg.core.volume import ImageSource
     from scribbleseg.samples import load_sample
 
-    torch.set_num_threads(2)
     sample = load_sample(dataset)
     labels = accuracy.annotate(sample, kind, density, seed)
-    source = ImageSource(sample.image, spacing=sample.spacing)
-    target = labels_to_target(labels, spacing=sample.spacing, background=sample.background_class)
-    train = replace(accuracy.train_for("defaults", seed=seed, threads=2), time_budget=budget)
-    trainer = Trainer(source, target, loss_config=accuracy.loss_for("defaults"), train_config=train)
+    source, target, trainer = accuracy.build_trainer(
+        sample, labels, "defaults", seed=seed, threads=2, time_budget=budget
+    )
     for _ in trainer.run():
         pass
     model = trainer.model

@@ -635,9 +635,7 @@ class Trainer:
         """
         if self._teacher is None:
             return 0.0
-        end = self.train_config.forest_blend_steps
-        if end is None:
-            end = default_forest_blend_steps(self.source.spatial_dims)
+        end = self.train_config.forest_blend_steps or default_forest_blend_steps(self.source.spatial_dims)
         weight = self.train_config.forest_blend * self._teacher_fade()
         if end is None:
             return weight
