@@ -29,19 +29,15 @@ method gets the same annotations and the same CPU threads:
     The defaults' own networks predicting without the CRF refinement (``TrainConfig.crf_refinement``;
     the same training, the refinement switched off at prediction): not trained separately, every
     ``defaults`` run records it.
-``nocalibration``
-    The defaults' own networks predicting without the edge calibration of the decision threshold
-    (``TrainConfig.edge_calibration``; two classes only): every two-class ``defaults`` run
-    records it.
 ``dense``
     The default network trained with every voxel labelled (upper bound; independent of the
     annotation, so run once per seed).
 
 The other network methods train without the weight average, the forest blend and the CRF
 refinement: ``pce`` and ``dense`` are the plain baselines the issue defines, and the loss ablation
-isolates the loss terms; ``noaverage``, ``noblend``, ``nohandover``, ``prevalence``, ``norefine``
-and ``nocalibration`` against ``defaults`` show what the average, the blend, its hand-over, the
-prevalence correction, the refinement and the edge calibration add.
+isolates the loss terms; ``noaverage``, ``noblend``, ``nohandover``, ``prevalence`` and ``norefine``
+against ``defaults`` show what the average, the blend, its hand-over, the prevalence correction and
+the refinement add.
 
 Each network trains once per seed and is evaluated at every budget in ``--budgets`` (the clock
 stops while it is evaluated): the mean foreground Dice of the whole-image prediction. Results are
@@ -89,7 +85,6 @@ NETWORK_METHODS = (
     "nohandover",
     "prevalence",
     "norefine",
-    "nocalibration",
     "defaults",
 )
 METHODS = ("rf", *NETWORK_METHODS, "dense")
@@ -106,7 +101,6 @@ LABELS = {
     "nohandover": "defaults without the 2D hand-over of the forest blend",
     "prevalence": "defaults with the prevalence correction",
     "norefine": "defaults without the CRF refinement",
-    "nocalibration": "defaults without the edge calibration",
     "defaults": "**ScribbleSeg defaults**",
     "dense": "dense labels (upper bound)",
 }
@@ -219,8 +213,6 @@ def run_network(
     dice: dict[str, float] = {}
     unrefined: dict[str, float] = {}
     kept: dict[str, float] = {}
-    uncalibrated: dict[str, float] = {}
-    outcome_offsets: dict[str, list[float] | None] = {}
     steps: dict[str, int] = {}
     trained = 0.0
     for budget in sorted(budgets):
@@ -244,34 +236,17 @@ def run_network(
             config = trainer.train_config
             trainer.train_config = replace(config, forest_blend_steps=10**9)
             trainer._attach_forest()  # the blend of this step under that schedule
-            trainer._calibrate_edges()  # and the threshold of that mix
-            trainer.model.refinement = trainer.refinement()
             probabilities = predict_probabilities(trainer.model, source, device="cpu")
             prediction = probabilities_to_labels(probabilities, target.class_map.values)
             kept[f"{budget:g}"] = foreground_dice(prediction, sample)
             trainer.train_config = config
             trainer._attach_forest()
-            trainer._calibrate_edges()
-            trainer.model.refinement = trainer.refinement()
-        if method == "defaults" and refinement is not None and refinement.offsets is not None:
-            # The same network and mix with the decision threshold at 0.5.
-            trainer.model.refinement = replace(refinement, offsets=None)
-            probabilities = predict_probabilities(trainer.model, source, device="cpu")
-            prediction = probabilities_to_labels(probabilities, target.class_map.values)
-            uncalibrated[f"{budget:g}"] = foreground_dice(prediction, sample)
-            trainer.model.refinement = refinement
-        if method == "defaults" and refinement is not None:
-            outcome_offsets[f"{budget:g}"] = None if refinement.offsets is None else list(refinement.offsets)
     outcome: dict[str, Any] = {"dice": dice, "steps": steps, "seconds": trained}
     outcome["refinement"] = trainer.model.refinement.to_dict() if trainer.model.refinement else None
     if unrefined:
         outcome["dice_norefine"] = unrefined
     if kept:
         outcome["dice_nohandover"] = kept
-    if uncalibrated:
-        outcome["dice_nocalibration"] = uncalibrated
-    if outcome_offsets:
-        outcome["offsets"] = outcome_offsets
     return outcome
 
 
@@ -310,8 +285,7 @@ def plan(args: argparse.Namespace) -> Iterable[tuple[str, str, str, int]]:
             for kind in args.annotations:
                 for density in args.densities:
                     for method in args.methods:
-                        derived = method in ("norefine", "nocalibration")  # recorded by defaults runs
-                        if method != "dense" and not derived and not same_as_defaults(method):
+                        if method not in ("dense", "norefine") and not same_as_defaults(method):
                             yield dataset, f"{kind}/{density}", method, seed
 
 
@@ -545,16 +519,6 @@ def main(argv: list[str] | None = None) -> int:
                         "key": run_key(dataset, annotation, "nohandover", seed),
                         "method": "nohandover",
                         "dice": record.pop("dice_nohandover"),
-                        "derived_from": record["key"],
-                    }
-                )
-            if "dice_nocalibration" in record:
-                derived.append(
-                    record
-                    | {
-                        "key": run_key(dataset, annotation, "nocalibration", seed),
-                        "method": "nocalibration",
-                        "dice": record.pop("dice_nocalibration"),
                         "derived_from": record["key"],
                     }
                 )

@@ -240,13 +240,6 @@ def build_parser() -> argparse.ArgumentParser:
         "moves boundaries to the image's edges, with an intensity width of twice the image's noise "
         f"(0 = off; default {TrainConfig.crf_refinement})",
     )
-    train.add_argument(
-        "--no-edge-calibration",
-        action="store_true",
-        help="keep the decision threshold at 0.5; by default, with two classes, the threshold (0.1 to 0.9) "
-        "is chosen so that predicted boundaries run along the image's steepest edges (applied by the "
-        "CRF refinement)",
-    )
     train.add_argument("--background-class", type=int, metavar="K", help="class value that is background")
     train.add_argument("--quiet", action="store_true", help="no progress lines")
     train.set_defaults(func=_cmd_train)
@@ -420,7 +413,6 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "forest_blend_steps": args.forest_blend_steps,
         "prevalence_correction": args.prevalence_correction,
         "crf_refinement": args.crf_refinement,
-        "edge_calibration": not args.no_edge_calibration,
     }
     if args.steps is None and args.time_budget is None:
         train_options["time_budget"] = 120.0

@@ -174,18 +174,6 @@ def test_forest_blend_option_reaches_the_model(tmp_path, files2d):
     assert document["forest_blend"] is None and not (tmp_path / "m" / "forest.skops").exists()
 
 
-def test_edge_calibration_is_saved_with_the_model_and_can_be_switched_off(tmp_path, files2d):
-    result = _train(files2d, tmp_path / "m")
-    assert result.returncode == 0, result.stderr
-    document = json.loads((tmp_path / "m" / "model.json").read_text())
-    offsets = document["refinement"]["offsets"]
-    assert document["train"]["edge_calibration"] is True and len(offsets) == 2 and offsets[0] == 0.0
-    result = _train(files2d, tmp_path / "off", "--no-edge-calibration")
-    assert result.returncode == 0, result.stderr
-    document = json.loads((tmp_path / "off" / "model.json").read_text())
-    assert document["train"]["edge_calibration"] is False and document["refinement"]["offsets"] is None
-
-
 def test_prevalence_correction_option_reaches_the_model(tmp_path, files2d):
     result = _train(files2d, tmp_path / "plain")
     assert result.returncode == 0, result.stderr

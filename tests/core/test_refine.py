@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import numpy as np
 import pytest
 import torch
@@ -20,7 +18,6 @@ from scribbleseg.core.refine import (
     NOISE_FLOOR,
     NOISE_WIDTHS,
     MeanField,
-    edge_offsets,
     estimate_noise,
     noise_of,
     with_refinement_weight,
@@ -129,47 +126,6 @@ def test_mean_field_uses_every_channel_and_anisotropic_spacing():
     np.testing.assert_allclose(refined3d[:, 2], refined2d, atol=1e-5)
 
 
-def _narrow_disk_case() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The disk of :func:`_disk_case` with probabilities that make it 2 px too narrow."""
-    image, _, truth = _disk_case()
-    rim = truth & ~ndimage.binary_erosion(truth, iterations=2)
-    disk = np.where(rim, 0.4, np.where(truth, 0.9, 0.1)).astype(np.float32)
-    return image, np.stack([1 - disk, disk]), truth
-
-
-@pytest.mark.parametrize("case", ["wide", "narrow"])
-def test_edge_offsets_move_the_threshold_to_the_edge(case):
-    image, probabilities, truth = _disk_case() if case == "wide" else _narrow_disk_case()
-    offsets = edge_offsets(probabilities, image, (1.0, 1.0))
-    assert offsets is not None and offsets[0] == 0.0
-    # The band is at 0.6 (too wide) or 0.4 (too narrow): the threshold must pass it.
-    assert offsets[1] < -np.log(0.6 / 0.4) if case == "wide" else offsets[1] > np.log(0.6 / 0.4)
-    log_odds = np.log(probabilities[1]) - np.log(probabilities[0])
-    assert _dice(log_odds + offsets[1] > 0, truth) == 1.0
-    assert _dice(log_odds > 0, truth) < 0.9
-    # Applied by the refinement: the prior is shifted before the iterations.
-    refinement = MeanField((NOISE_WIDTHS * 0.03,), window_radius=5)
-    calibrated = MeanField((NOISE_WIDTHS * 0.03,), window_radius=5, offsets=offsets)
-    shifted = probabilities * np.exp(np.asarray(offsets, np.float32))[:, None, None]
-    shifted /= shifted.sum(0)
-    np.testing.assert_allclose(
-        calibrated.apply(probabilities, image, (1.0, 1.0)),
-        refinement.apply(shifted, image, (1.0, 1.0)),
-        atol=1e-5,
-    )
-    assert _dice(calibrated.apply(probabilities, image, (1.0, 1.0)).argmax(0) == 1, truth) > 0.99
-
-
-def test_edge_offsets_only_for_two_classes_with_a_boundary():
-    image, probabilities, _ = _disk_case()
-    three = np.concatenate([probabilities * 0.9, np.full_like(probabilities[:1], 0.1)])
-    assert edge_offsets(three, image, (1.0, 1.0)) is None
-    certain = np.stack([np.full(image.shape[1:], 0.001), np.full(image.shape[1:], 0.999)]).astype(np.float32)
-    assert edge_offsets(certain, image, (1.0, 1.0)) is None  # one class everywhere at every threshold
-    with pytest.raises(ValueError, match="differ in size"):
-        edge_offsets(probabilities, image[:, :10], (1.0, 1.0))
-
-
 def test_slabs_and_regions_give_the_values_of_one_piece():
     rng = np.random.default_rng(5)
     image = ndimage.gaussian_filter(rng.random((1, 30, 24, 20)), 1.5).astype(np.float32)
@@ -212,20 +168,8 @@ def test_bad_arguments_are_refused():
         with pytest.raises(ConfigError, match=message):
             MeanField(**bad)
     assert MeanField.from_dict(refinement.to_dict()) == refinement
-    with pytest.raises(ConfigError, match="with the keys"):
+    with pytest.raises(ConfigError, match="exactly the keys"):
         MeanField.from_dict({"sigma_intensity": [0.1]})
-    with pytest.raises(ConfigError, match="with the keys"):
-        MeanField.from_dict(refinement.to_dict() | {"extra": 1})
-    for offsets, message in [
-        ("01", "one number per class"),
-        ((0.0,), "one finite number"),
-        ((0.0, float("inf")), "one finite number"),
-        ((0.0, "a"), "must be numbers"),
-    ]:
-        with pytest.raises(ConfigError, match=message):
-            MeanField((0.1,), offsets=offsets)
-    with pytest.raises(ValueError, match="offsets are for 3 classes"):
-        MeanField((0.05,), offsets=(0.0, 0.0, 1.0)).apply(probabilities, image, (1.0, 1.0))
     for value in (-1.0, float("nan"), 101.0):
         with pytest.raises(ConfigError, match="crf_refinement must be in"):
             TrainConfig(crf_refinement=value)
@@ -306,16 +250,7 @@ def test_the_trainer_gives_the_model_its_refinement_and_previews_with_it():
     )
     list(trainer.run())
     refinement = trainer.model.refinement
-    # Two classes: the edge calibration chose the threshold from the unrefined whole-image prediction.
-    trainer.model.refinement = None
-    plain = predict_probabilities(trainer.model, source, device="cpu")
-    trainer.model.refinement = refinement
-    assert config.edge_calibration and refinement.offsets == edge_offsets(plain, source.read(), (1.0, 1.0))
-    assert refinement.offsets is not None
-    assert refinement == dataclasses.replace(
-        MeanField.for_noise(estimate_noise(source), weight=1.0, spatial_dims=2), offsets=refinement.offsets
-    )
-    assert MeanField.from_dict(refinement.to_dict()) == refinement
+    assert refinement == MeanField.for_noise(estimate_noise(source), weight=1.0, spatial_dims=2)
     assert (
         refinement.halo((1.0, 1.0)) == (25, 25)
         and MeanField.for_noise((0.1,), spatial_dims=3).window_radius == 3
@@ -335,43 +270,8 @@ def test_the_trainer_gives_the_model_its_refinement_and_previews_with_it():
     # A part of it is computed with the refinement's halo: the same values there.
     part = trainer.preview((slice(10, 40), slice(20, 50)))
     np.testing.assert_allclose(part.probabilities, refined[:, 10:40, 20:50], atol=2e-2)
-    # Without the calibration: no offsets.
-    uncalibrated = dataclasses.replace(config, steps=2, edge_calibration=False)
-    trainer = Trainer(
-        source, labels_to_target(labels), model_config=TINY, loss_config=PCE, train_config=uncalibrated
-    )
-    list(trainer.run())
-    assert trainer.model.refinement is not None and trainer.model.refinement.offsets is None
     # Off: no refinement anywhere.
     off = TrainConfig(device="cpu", steps=2, batch_size=2, forest_blend=0.0, crf_refinement=0.0)
     trainer = Trainer(source, labels_to_target(labels), model_config=TINY, loss_config=PCE, train_config=off)
     list(trainer.run())
     assert trainer.model.refinement is None and trainer.refinement() is None
-
-
-def test_the_edge_calibration_skips_three_classes_and_measures_large_images_near_the_labels(monkeypatch):
-    import scribbleseg.core.engine as engine
-
-    image, labels = _blobs()
-    source = ImageSource(image)
-    config = TrainConfig(device="cpu", steps=3, batch_size=2, forest_blend=0.0, feature_preview_steps=0)
-    three = labels.copy()
-    three[:6, :6] = 3
-    trainer = Trainer(
-        source, labels_to_target(three), model_config=TINY, loss_config=PCE, train_config=config
-    )
-    list(trainer.run())
-    assert trainer.model.refinement is not None and trainer.model.refinement.offsets is None
-    # An image above EDGE_CALIBRATION_VOXELS is measured in a region of about that size around the labels.
-    monkeypatch.setattr(engine, "EDGE_CALIBRATION_VOXELS", 32 * 32)
-    corner = labels.copy()
-    corner[:, 32:] = 0
-    corner[32:, :] = 0
-    trainer = Trainer(
-        source, labels_to_target(corner), model_config=TINY, loss_config=PCE, train_config=config
-    )
-    region = trainer._calibration_region()
-    assert [s.stop - s.start for s in region] == [32, 32]
-    assert all(s.start >= 0 and s.stop <= 48 for s in region)  # centred on the labels in the top-left
-    list(trainer.run())
-    assert trainer.model.refinement.offsets is not None

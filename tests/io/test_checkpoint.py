@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import pickle
@@ -141,7 +140,7 @@ def _saved_with_forest(tmp_path, blobs2d, weight=0.4):
     network = _trained_network(metadata)
     network.forest_blend = ForestBlend(teacher.forest, teacher.spec, weight, 2, factors=teacher.factors)
     network.class_factors = (1.25, 0.75)
-    network.refinement = MeanField((0.05,), weight=1.5, offsets=(0.0, -1.2))
+    network.refinement = MeanField((0.05,), weight=1.5)
     return save_model(tmp_path / "model", network, metadata), network, source
 
 
@@ -164,15 +163,9 @@ def test_round_trip_keeps_the_forest_blend(tmp_path, blobs2d):
         "sigma_spatial": 3.0,
         "window_radius": 3,
         "iterations": 5,
-        "offsets": [0.0, -1.2],
     }
     loaded, _ = load_model(folder)
     assert loaded.refinement == network.refinement
-    # A model.json of version 4 written before the edge calibration (no "offsets") loads without.
-    del document["refinement"]["offsets"]
-    (folder / "model.json").write_text(json.dumps(document))
-    older, _ = load_model(folder)
-    assert older.refinement == dataclasses.replace(network.refinement, offsets=None)
     assert loaded.forest_blend.weight == 0.4 and loaded.forest_blend.spec == spec
     assert loaded.forest_blend.factors == network.forest_blend.factors
     assert loaded.class_factors == (1.25, 0.75)
@@ -281,15 +274,7 @@ def test_a_forest_file_with_other_types_is_never_loaded(tmp_path, blobs2d):
             lambda folder: _edit_json(folder, lambda d: d["refinement"].update(iterations=1.5)),
             "iterations must be an integer",
         ),
-        (lambda folder: _edit_json(folder, lambda d: d["refinement"].pop("weight")), "with the keys"),
-        (
-            lambda folder: _edit_json(folder, lambda d: d["refinement"].update(offsets=[0.0, 1.0, 2.0])),
-            "offsets must be null or a list of 2 numbers",
-        ),
-        (
-            lambda folder: _edit_json(folder, lambda d: d["refinement"].update(offsets=[0.0, 1e9])),
-            "one finite number in",
-        ),
+        (lambda folder: _edit_json(folder, lambda d: d["refinement"].pop("weight")), "exactly the keys"),
         (lambda folder: _edit_json(folder, lambda d: d.update(refinement=[1])), "must be an object"),
     ],
 )

@@ -302,15 +302,6 @@ class TrainConfig(_DictMixin):
         reach by the image's edges (nuclei sample, sparse scribbles: 0.86 → 0.91,
         ``docs/benchmarks.md``). 0 = off. The noise is estimated once from the training image; the
         model carries the refinement into prediction and saving.
-    edge_calibration : bool
-        With two classes, choose the decision threshold (0.1 … 0.9) at the end of each run so that
-        the predicted boundaries run along the image's steepest edges
-        (:func:`~scribbleseg.core.refine.edge_offsets`), measured on the training image (a region
-        of at most about a million voxels around the labels); the refinement applies it
-        (:attr:`~scribbleseg.core.refine.MeanField.offsets`), so it needs ``crf_refinement > 0``.
-        Nuclei sample at 180 s: +0.004 to +0.034 Dice on every annotation
-        (``docs/benchmarks.md``). Not applied with three or more classes (on the MRI sample it
-        removed the low-contrast grey matter).
     """
 
     steps: int | None = None
@@ -332,7 +323,6 @@ class TrainConfig(_DictMixin):
     forest_blend_steps: int | None = None
     prevalence_correction: bool = False
     crf_refinement: float = 1.0
-    edge_calibration: bool = True
 
     def __post_init__(self) -> None:
         if self.steps is not None:
@@ -364,10 +354,6 @@ class TrainConfig(_DictMixin):
         _check(
             isinstance(self.prevalence_correction, bool),
             f"prevalence_correction must be True or False, got {self.prevalence_correction!r}",
-        )
-        _check(
-            isinstance(self.edge_calibration, bool),
-            f"edge_calibration must be True or False, got {self.edge_calibration!r}",
         )
         refinement = float(self.crf_refinement)
         _check(

@@ -14,7 +14,6 @@ thread. New labels are applied, and a stop is honoured, between two steps.
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import queue
 import threading
@@ -39,7 +38,6 @@ from scribbleseg.core.config import (
 from scribbleseg.core.inference import (
     amp_dtype,
     autocast_context,
-    predict_probabilities,
     predict_region,
     probabilities_to_labels,
     resolve_device,
@@ -57,7 +55,7 @@ from scribbleseg.core.losses import (
 from scribbleseg.core.models import DOWNSAMPLING, ScribbleNet, build_model
 from scribbleseg.core.pixel_classifier import ForestBlend, ForestTeacher, feature_preview
 from scribbleseg.core.prevalence import estimate_factors, reweight
-from scribbleseg.core.refine import MeanField, edge_offsets, estimate_noise, grown_region
+from scribbleseg.core.refine import MeanField, estimate_noise, grown_region
 from scribbleseg.core.sampling import PatchSampler
 from scribbleseg.core.volume import ImageSource, clip_region
 from scribbleseg.errors import ConfigError, ScribbleSegError
@@ -134,9 +132,6 @@ class TrainUpdate:
 
 #: Smallest patch edge the out-of-memory recovery shrinks to (two U-Net levels of context).
 _MIN_OOM_PATCH = 32
-#: Voxels the edge calibration (TrainConfig.edge_calibration) predicts and measures at most: the
-#: whole image up to this, else a region around the labels (about 1 s on 2 CPU threads in 2D).
-EDGE_CALIBRATION_VOXELS = 2**20
 
 
 @dataclass
@@ -272,8 +267,6 @@ class Trainer:
         self._class_factors_step = -math.inf
         # The image's noise per channel for TrainConfig.crf_refinement: estimated on first use.
         self._noise: tuple[float, ...] | None = None
-        # The refinement's offsets chosen by the edge calibration at the end of the last run.
-        self._offsets: tuple[float, ...] | None = None
 
     # ----------------------------------------------------------------- control
     def stop(self) -> None:
@@ -379,8 +372,6 @@ class Trainer:
                 self._release_memory()
                 message = "out of memory while re-estimating batch-norm statistics: kept the running ones"
         self.model.class_factors = self._class_factors
-        if steps_this_run:
-            self._calibrate_edges()
         self.model.refinement = self.refinement()
         self.seconds += clock.elapsed()
         self.model.eval()
@@ -566,45 +557,7 @@ class Trainer:
             return None
         if self._noise is None:
             self._noise = estimate_noise(self.source, patch_size=self.patch_size, seed=self.train_config.seed)
-        refinement = MeanField.for_noise(self._noise, weight=weight, spatial_dims=self.source.spatial_dims)
-        if self._offsets is not None and self.train_config.edge_calibration:
-            refinement = dataclasses.replace(refinement, offsets=self._offsets)
-        return refinement
-
-    def _calibration_region(self) -> tuple[slice, ...]:
-        """Return the whole image, or a region of about EDGE_CALIBRATION_VOXELS centred on the labels."""
-        shape = self.source.spatial_shape
-        total = math.prod(shape)
-        if total <= EDGE_CALIBRATION_VOXELS:
-            return tuple(slice(0, n) for n in shape)
-        factor = (EDGE_CALIBRATION_VOXELS / total) ** (1.0 / len(shape))
-        size = [max(1, min(n, int(n * factor))) for n in shape]
-        coords = self.target.index.coords
-        centre = coords.mean(axis=0) if len(coords) else np.asarray(shape) / 2.0
-        starts = [
-            int(np.clip(round(c - s / 2), 0, n - s)) for c, s, n in zip(centre, size, shape, strict=True)
-        ]
-        return tuple(slice(a, a + s) for a, s in zip(starts, size, strict=True))
-
-    def _calibrate_edges(self) -> None:
-        """Choose the refinement's offsets from the image (TrainConfig.edge_calibration)."""
-        self._offsets = None
-        if not self.train_config.edge_calibration or self.target.num_classes != 2:
-            return
-        if self.refinement() is None:
-            return
-        region = self._calibration_region()
-        refinement, self.model.refinement = self.model.refinement, None
-        try:
-            probabilities = predict_probabilities(
-                self.model, self.source, region=region, device=self.device, amp=self.train_config.amp
-            )
-        except torch.OutOfMemoryError:
-            self._release_memory()
-            return  # the threshold stays at 0.5 this time
-        finally:
-            self.model.refinement = refinement
-        self._offsets = edge_offsets(probabilities, self.source.read(region), self.source.spacing)
+        return MeanField.for_noise(self._noise, weight=weight, spatial_dims=self.source.spatial_dims)
 
     @torch.no_grad()
     def recalibrate_batch_norm(self, batches: int = 8) -> None:

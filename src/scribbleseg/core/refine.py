@@ -19,17 +19,6 @@ both (``docs/benchmarks.md``).
 The refinement of a voxel depends on the probabilities and the image within ``iterations × r``
 voxels (:meth:`MeanField.halo`): blockwise prediction reads that much more around each block, so
 blockwise and whole-image results stay equal.
-
-**Edge calibration** (:func:`edge_offsets`, :attr:`MeanField.offsets`). Where strokes keep away
-from boundaries, where the decision ``P(object) = 0.5`` falls inside the undecided band is a matter
-of calibration, not of the labels: on the nuclei sample one seed's nuclei came out 3 pixels too
-wide and another's too narrow. For two classes the trainer picks the decision threshold from the
-image: the one (in [0.1, 0.9]) whose boundary runs along the steepest edges, the largest mean
-gradient magnitude over the boundary's voxels, and adds its log-odds to the probabilities before
-the mean-field iterations. Measured on the nuclei sets at 180 s: +0.004 to +0.034 Dice on every
-set. With three or more classes it is not applied: on the MRI sample the steepest edges are those
-of CSF and white matter, and the criterion removed the low-contrast grey matter (0.965 → 0.953,
-0.919 → 0.354; ``docs/benchmarks.md``).
 """
 
 from __future__ import annotations
@@ -50,13 +39,10 @@ if TYPE_CHECKING:
     from scribbleseg.core.volume import ImageSource
 
 __all__ = [
-    "EDGE_OFFSETS",
     "NOISE_FLOOR",
     "NOISE_WIDTHS",
     "WINDOW_RADIUS",
     "MeanField",
-    "edge_offsets",
-    "edge_strength",
     "estimate_noise",
     "grown_region",
     "noise_of",
@@ -80,11 +66,6 @@ WINDOW_RADIUS: dict[int, int] = {2: 5, 3: 3}
 MAX_VOXELS: int = 8_000_000
 #: Probabilities are clamped to this before their logarithm is taken.
 _MIN_PROBABILITY = 1e-6
-#: Decision thresholds the edge calibration chooses from, as log-odds of the second class:
-#: thresholds from 0.1 to 0.9 (log-odds ±2.2) in steps of 0.2.
-EDGE_OFFSETS: tuple[float, ...] = tuple(round(-2.2 + 0.2 * i, 1) for i in range(23))
-#: Scale (in voxels of the finest axis) of the gradient magnitude the edge calibration measures.
-EDGE_SIGMA: float = 1.0
 
 
 def _second_differences(image: np.ndarray) -> list[list[np.ndarray]]:
@@ -202,10 +183,6 @@ class MeanField:
         loss's cut-off are dropped, so coarse axes reach less far).
     iterations : int
         Mean-field iterations.
-    offsets : tuple of float, optional
-        Log-probability offsets per class added before the iterations (``P ∝ P · exp(offset)``):
-        the decision threshold chosen by :func:`edge_offsets` (the trainer's edge calibration,
-        ``TrainConfig.edge_calibration``). None = no offsets.
 
     Raises
     ------
@@ -218,7 +195,6 @@ class MeanField:
     sigma_spatial: float = 3.0
     window_radius: int = 3
     iterations: int = 5
-    offsets: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.sigma_intensity, (str, bytes)) or not isinstance(self.sigma_intensity, Sequence):
@@ -234,18 +210,6 @@ class MeanField:
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or not 1 <= value <= 64:
                 raise ConfigError(f"{name} must be an integer in [1, 64], got {value!r}")
             object.__setattr__(self, name, int(value))
-        if self.offsets is not None:
-            if isinstance(self.offsets, (str, bytes)) or not isinstance(self.offsets, Sequence):
-                raise ConfigError(f"offsets must be one number per class, got {self.offsets!r}")
-            try:
-                offsets = tuple(float(v) for v in self.offsets)
-            except (TypeError, ValueError):
-                raise ConfigError(f"offsets must be numbers, got {self.offsets!r}") from None
-            if len(offsets) < 2 or not all(math.isfinite(v) and abs(v) <= 20 for v in offsets):
-                raise ConfigError(
-                    f"offsets must be one finite number in [-20, 20] per class, got {self.offsets!r}"
-                )
-            object.__setattr__(self, "offsets", offsets)
 
     @classmethod
     def for_noise(
@@ -333,11 +297,6 @@ class MeanField:
             )
         if len(spacing) != len(shape):
             raise ValueError(f"spacing {tuple(spacing)} does not have one value per spatial axis")
-        if self.offsets is not None and len(self.offsets) != probabilities.shape[0]:
-            raise ValueError(
-                f"the refinement's offsets are for {len(self.offsets)} classes, "
-                f"the probabilities have {probabilities.shape[0]}"
-            )
         if region is not None and len(region) != len(shape):
             raise ValueError(f"region {tuple(region)} does not have one slice per spatial axis")
         bounds = (
@@ -382,11 +341,6 @@ class MeanField:
         dev = torch.device(device)
         prior = torch.from_numpy(np.ascontiguousarray(probabilities, dtype=np.float32)).to(dev)[None]
         log_prior = prior.clamp_min(_MIN_PROBABILITY).log_()
-        if self.offsets is not None:
-            shift = torch.tensor(self.offsets, dtype=torch.float32, device=dev)
-            log_prior = log_prior + shift.reshape(1, -1, *([1] * (log_prior.ndim - 2)))
-            prior = torch.softmax(log_prior, dim=1)
-            log_prior = prior.clamp_min(_MIN_PROBABILITY).log_()
         sigmas = torch.tensor(self.sigma_intensity, dtype=torch.float32, device=dev)
         guide = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)).to(dev)[None]
         guide = guide / sigmas.reshape(1, -1, *([1] * (guide.ndim - 2)))
@@ -406,97 +360,19 @@ class MeanField:
             "sigma_spatial": self.sigma_spatial,
             "window_radius": self.window_radius,
             "iterations": self.iterations,
-            "offsets": None if self.offsets is None else list(self.offsets),
         }
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MeanField:
-        """Build from :meth:`to_dict`'s output; other or missing keys raise :class:`ConfigError`.
-
-        ``offsets`` may be missing (models saved before the edge calibration): then None.
-        """
+        """Build from :meth:`to_dict`'s output; other or missing keys raise :class:`ConfigError`."""
         keys = {"sigma_intensity", "weight", "sigma_spatial", "window_radius", "iterations"}
-        if not isinstance(data, Mapping) or not keys <= set(data) or not set(data) <= keys | {"offsets"}:
-            raise ConfigError(
-                f"a CRF refinement must be a mapping with the keys {sorted(keys)} and optionally 'offsets'"
-            )
+        if not isinstance(data, Mapping) or set(data) != keys:
+            raise ConfigError(f"a CRF refinement must be a mapping with exactly the keys {sorted(keys)}")
         return cls(**dict(data))  # __post_init__ checks and converts every field
 
     def fingerprint(self) -> str:
         """Return a string that changes with every field (for the model fingerprint)."""
         return repr(sorted(self.to_dict().items()))
-
-
-def _boundary(labels: np.ndarray) -> np.ndarray:
-    """Voxels with a face neighbour of another label (both sides of every boundary)."""
-    mask = np.zeros(labels.shape, dtype=bool)
-    for axis in range(labels.ndim):
-        ahead = tuple(slice(1, None) if a == axis else slice(None) for a in range(labels.ndim))
-        behind = tuple(slice(None, -1) if a == axis else slice(None) for a in range(labels.ndim))
-        differs = labels[ahead] != labels[behind]
-        mask[ahead] |= differs
-        mask[behind] |= differs
-    return mask
-
-
-def edge_strength(image: np.ndarray, spacing: Sequence[float], *, sigma: float = EDGE_SIGMA) -> np.ndarray:
-    """Gradient magnitude of a (C, *S) image at ``sigma`` (finest-axis voxels), over its channels."""
-    from scipy import ndimage
-
-    finest = min(float(s) for s in spacing)
-    sigmas = [sigma * finest / float(s) for s in spacing]
-    squares = sum(
-        ndimage.gaussian_gradient_magnitude(np.asarray(channel, dtype=np.float32), sigmas) ** 2
-        for channel in image
-    )
-    return np.sqrt(squares)
-
-
-def edge_offsets(
-    probabilities: np.ndarray,
-    image: np.ndarray,
-    spacing: Sequence[float],
-    *,
-    candidates: Sequence[float] = EDGE_OFFSETS,
-) -> tuple[float, ...] | None:
-    """Return the two-class decision threshold whose boundary runs along the image's steepest edges.
-
-    For each candidate offset ``b`` (log-odds of the second class), the labels
-    ``argmax(log P + (0, b))`` are taken and the mean gradient magnitude of the image
-    (:func:`edge_strength`) over their boundary voxels is measured; the offset with the largest
-    mean wins (ties: the one nearest 0). See the module docstring for why and where.
-
-    Parameters
-    ----------
-    probabilities : (K, *S) ndarray
-        Class probabilities before the refinement.
-    image : (C, *S) ndarray
-        The normalised image.
-    spacing : sequence of float
-    candidates : sequence of float
-        Offsets to try (default thresholds 0.1 … 0.9).
-
-    Returns
-    -------
-    tuple of float or None
-        ``(0.0, b)``; None when ``K != 2``, or when no candidate gives a boundary.
-    """
-    if probabilities.shape[0] != 2:
-        return None
-    if image.shape[1:] != probabilities.shape[1:]:
-        raise ValueError(f"image {image.shape} and probabilities {probabilities.shape} differ in size")
-    strength = edge_strength(image, spacing)
-    p = np.clip(np.asarray(probabilities, dtype=np.float32), _MIN_PROBABILITY, 1.0)
-    log_odds = np.log(p[1]) - np.log(p[0])
-    best: tuple[float, float] | None = None  # (score, offset)
-    for offset in sorted(candidates, key=abs):
-        boundary = _boundary(log_odds + offset > 0)
-        if not boundary.any():
-            continue
-        score = float(strength[boundary].mean())
-        if best is None or score > best[0]:
-            best = (score, float(offset))
-    return None if best is None else (0.0, best[1])
 
 
 def grown_region(

@@ -8,7 +8,7 @@ A model is a folder holding two or three files::
                                            "class_factors"} or null,
                           "class_factors": [one number per class] or null,
                           "refinement": {"sigma_intensity", "weight", "sigma_spatial",
-                                         "window_radius", "iterations", "offsets"} or null}
+                                         "window_radius", "iterations"} or null}
       model.safetensors  the network's state dict (weights and batch-norm buffers)
       forest.skops       the forest mixed into predictions (only when forest_blend is not null)
 
@@ -22,9 +22,7 @@ checked before it is copied in. ``torch.load`` is never called, so ``.pt`` /
 format rebuilds only the types it is told to trust: a random forest of decision trees, and
 nothing else. ``class_factors`` are the prevalence factors of the network's and of the forest's
 probabilities (:mod:`scribbleseg.core.prevalence`); ``refinement`` is the CRF refinement of the
-final probabilities (:mod:`scribbleseg.core.refine`), with the decision offsets of the edge
-calibration (``offsets``, null when none; version 4 files written before it lack the key and load
-without offsets). Version 1 folders (no forest), version 2
+final probabilities (:mod:`scribbleseg.core.refine`). Version 1 folders (no forest), version 2
 folders (no prevalence factors) and version 3 folders (no refinement) still load.
 """
 
@@ -415,16 +413,6 @@ def _refinement(folder: pathlib.Path, value: Any, metadata: ModelMetadata) -> Me
     _check_file(
         len(sigmas) == metadata.in_channels,
         f"{where}: sigma_intensity has {len(sigmas)} value(s) for {metadata.in_channels} channel(s)",
-    )
-    offsets = value.get("offsets")
-    _check_file(
-        offsets is None
-        or (
-            isinstance(offsets, list)
-            and all(_is_number(v) for v in offsets)
-            and len(offsets) == metadata.num_classes
-        ),
-        f"{where}: offsets must be null or a list of {metadata.num_classes} numbers (one per class)",
     )
     try:
         return MeanField.from_dict(value)

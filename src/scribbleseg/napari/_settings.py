@@ -59,8 +59,7 @@ class SettingsPanel(QWidget):
         ``patch_size``, ``batch_size``, ``learning_rate``, ``contrastive_weight``, ``crf_weight``,
         ``dynamic_crf_weight``, ``dice_weight``, ``teacher_weight``, ``point_radius``, ``max_steps``,
         ``max_seconds``, ``preview_interval``, ``feature_preview_steps``, ``weight_average``,
-        ``forest_blend``, ``prevalence_correction``, ``crf_refinement``, ``edge_calibration``,
-        ``seed``; shown by unfolding
+        ``forest_blend``, ``prevalence_correction``, ``crf_refinement``, ``seed``; shown by unfolding
         "Advanced".
     """
 
@@ -160,12 +159,6 @@ class SettingsPanel(QWidget):
             tooltip="weight of the mean-field CRF refinement of previews and predictions, which moves "
             "boundaries to the image's edges; 0 = off",
         )
-        self.edge_calibration = CheckBox(
-            label="edge calibration",
-            value=_TRAIN.edge_calibration,
-            tooltip="with two classes, choose the decision threshold so that boundaries run along the "
-            "image's steepest edges (applied with the CRF refinement)",
-        )
         self.seed = SpinBox(label="seed", value=_TRAIN.seed, min=0, max=2**31 - 1)
         self.advanced = Container(
             widgets=[
@@ -186,7 +179,6 @@ class SettingsPanel(QWidget):
                 self.forest_blend,
                 self.prevalence_correction,
                 self.crf_refinement,
-                self.edge_calibration,
                 self.seed,
             ],
             labels=True,
@@ -259,7 +251,6 @@ class SettingsPanel(QWidget):
             forest_blend=self.forest_blend.value,
             prevalence_correction=self.prevalence_correction.value,
             crf_refinement=self.crf_refinement.value,
-            edge_calibration=self.edge_calibration.value,
         )
         return Configs(model, loss, train)
 
@@ -279,7 +270,6 @@ class SettingsPanel(QWidget):
         self.device.value = train.device
         self.patch_size.value = "auto" if train.patch_size is None else ",".join(map(str, train.patch_size))
         self.prevalence_correction.value = train.prevalence_correction
-        self.edge_calibration.value = train.edge_calibration
         notes: list[str] = []
         for widget, value in (
             (self.batch_size, train.batch_size or 0),
