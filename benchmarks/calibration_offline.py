@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import accuracy
 import blend_offline
 
 SETS = (
@@ -96,13 +95,13 @@ def _shifted(probabilities: np.ndarray, offsets: tuple[float, ...] | None) -> np
 def _refined_dice(
     mix: np.ndarray,
     image: np.ndarray,
-    refinement: Any,
-    spacing: tuple[float, ...],
+    source: Any,
+    sigma: Any,
     values: Any,
     sample: Any,
     offsets: tuple[float, ...] | None,
 ) -> float:
-    refined = refinement.apply(_shifted(mix, offsets), image, spacing)
+    refined = blend_offline._refine(_shifted(mix, offsets), image, source, sigma, 1.0)
     return blend_offline._dice(refined, values, sample)
 
 
@@ -128,9 +127,6 @@ def main() -> int:
     parser.add_argument("sets", nargs="*", default=list(SETS), help="dataset/kind/density/seed")
     args = parser.parse_args()
 
-    from scribbleseg.core.refine import WINDOW_RADIUS, MeanField
-    from scribbleseg.samples import load_sample
-
     print(
         "| set (seed) | threshold 0.5 | calibrated (offset) | best in hindsight (offset) | over ±4 (offset) |"
     )
@@ -142,17 +138,13 @@ def main() -> int:
             print(f"{spec}: no cache at {path}; run blend_offline.py sets {spec} first")
             continue
         data = dict(np.load(path))
-        sample = load_sample(dataset)
-        labels = accuracy.annotate(sample, kind, density, int(seed))
-        source, target, _ = accuracy.build_trainer(sample, labels, "defaults", seed=int(seed), threads=2)
+        sample, source, target, _ = blend_offline._trainer(dataset, kind, density, int(seed))
         image = source.read(tuple(slice(0, s) for s in source.spatial_shape))
         values = target.class_map.values
         dims = source.spatial_dims
         weight = float(data["w"]) if dims == 3 else 0.0  # the 2D blend has handed over by 180 s
         mix = (1 - weight) * data["net"].astype(np.float32) + weight * data["forest"].astype(np.float32)
-        refinement = MeanField(tuple(data["sigma"]), window_radius=WINDOW_RADIUS[dims])
-
-        dice = functools.partial(_refined_dice, mix, image, refinement, source.spacing, values, sample)
+        dice = functools.partial(_refined_dice, mix, image, source, data["sigma"], values, sample)
         plain = dice(None)
         strength = edge_strength(image, source.spacing)
         if len(mix) == 2:
