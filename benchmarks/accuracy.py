@@ -60,7 +60,7 @@ import statistics
 import sys
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -183,15 +183,26 @@ def train_for(method: str, *, seed: int, threads: int) -> Any:
 
 
 def build_trainer(
-    sample: Any, labels: np.ndarray, method: str, *, seed: int, threads: int, **train: Any
+    sample: Any,
+    labels: np.ndarray,
+    method: str,
+    *,
+    seed: int,
+    threads: int,
+    model: Mapping[str, Any] | None = None,
+    loss: Mapping[str, Any] | None = None,
+    **train: Any,
 ) -> tuple[Any, Any, Any]:
     """``(source, target, trainer)`` of ``method`` on ``labels``, on ``threads`` CPU threads.
 
-    ``train`` overrides fields of :func:`train_for`'s configuration (e.g. ``time_budget``).
+    ``train`` overrides fields of :func:`train_for`'s configuration (e.g. ``time_budget``),
+    ``loss`` fields of :func:`loss_for`'s and ``model`` fields of ``ModelConfig()``
+    (``benchmarks/variants.py``).
     """
     import torch
 
     from scribbleseg.core.annotations import labels_to_target
+    from scribbleseg.core.config import ModelConfig
     from scribbleseg.core.engine import Trainer
     from scribbleseg.core.volume import ImageSource
 
@@ -199,17 +210,33 @@ def build_trainer(
     source = ImageSource(sample.image, spacing=sample.spacing)
     target = labels_to_target(labels, spacing=sample.spacing, background=sample.background_class)
     config = replace(train_for(method, seed=seed, threads=threads), **train)
-    trainer = Trainer(source, target, loss_config=loss_for(method), train_config=config)
+    trainer = Trainer(
+        source,
+        target,
+        model_config=ModelConfig(**(model or {})),
+        loss_config=replace(loss_for(method), **(loss or {})),
+        train_config=config,
+    )
     return source, target, trainer
 
 
 def run_network(
-    sample: Any, labels: np.ndarray, method: str, *, seed: int, budgets: list[float], threads: int
+    sample: Any,
+    labels: np.ndarray,
+    method: str,
+    *,
+    seed: int,
+    budgets: list[float],
+    threads: int,
+    **overrides: Any,
 ) -> dict[str, Any]:
+    """Train ``method`` up to each of ``budgets`` seconds and score its whole-image prediction.
 
+    ``overrides`` go to :func:`build_trainer` (``model``, ``loss`` and training fields).
+    """
     from scribbleseg.core.inference import predict_probabilities, probabilities_to_labels
 
-    source, target, trainer = build_trainer(sample, labels, method, seed=seed, threads=threads)
+    source, target, trainer = build_trainer(sample, labels, method, seed=seed, threads=threads, **overrides)
     dice: dict[str, float] = {}
     unrefined: dict[str, float] = {}
     kept: dict[str, float] = {}

@@ -12,11 +12,17 @@ by default after 1500 steps in 2D and never in 3D; ``docs/benchmarks.md``):
   network alone, the forest alone and the refined mixes: does a longer-trained 3D network still
   need the forest?
 
+And one of the CRF refinement: ``widths`` refines the cached predictions of ``sets`` at several
+intensity widths (multiples of the image noise; 2 is the default).
+
     python benchmarks/blend_offline.py sets nuclei2d/points/dense/0 nuclei2d/points/sparse/0 \\
         nuclei2d/points/sparse/1 nuclei2d/scribbles/dense/0 nuclei2d/scribbles/sparse/0 \\
         mri3d/points/dense/0 mri3d/points/sparse/0 mri3d/scribbles/dense/0 \\
         mri3d/scribbles/sparse/0                                    # about 60 min, 10 with the cache
     python benchmarks/blend_offline.py steps mri3d/scribbles/sparse/0           # about 17 min
+    python benchmarks/blend_offline.py widths nuclei2d/points/dense/0 nuclei2d/points/sparse/0 \\
+        nuclei2d/points/sparse/1 nuclei2d/scribbles/dense/0 nuclei2d/scribbles/sparse/0
+                                            # the refinement's intensity width, from the cache
 """
 
 from __future__ import annotations
@@ -139,6 +145,36 @@ def sets(specs: list[str], budget: float) -> None:
                 print(f"  refined λ={weight:g}, {flips}: " + ", ".join(cells), flush=True)
 
 
+def widths(specs: list[str], multiples: list[float]) -> None:
+    """The refined prediction at several intensity widths (multiples of the noise), from the cache.
+
+    2D sets: the network alone (the blend has handed over by 180 s); 3D sets: the mix at the
+    weight it had then.
+    """
+    from scribbleseg.core.refine import NOISE_WIDTHS, WINDOW_RADIUS, MeanField
+    from scribbleseg.core.volume import ImageSource
+    from scribbleseg.samples import load_sample
+
+    for spec in specs:
+        dataset, kind, density, seed = spec.split("/")
+        path = CACHE / f"{dataset}_{kind}_{density}_{seed}.npz"
+        if not path.exists():
+            raise SystemExit(f"{path} is missing: run `blend_offline.py sets {spec}` first")
+        data = dict(np.load(path))
+        sample = load_sample(dataset)
+        source = ImageSource(sample.image, spacing=sample.spacing)
+        image = source.read(tuple(slice(0, s) for s in source.spatial_shape))
+        a = 0.0 if source.spatial_dims == 2 else float(data["w"])
+        mix = (1 - a) * data["net"] + a * data["forest"]
+        noise = np.asarray(data["sigma"], dtype=float) / NOISE_WIDTHS
+        cells = []
+        for multiple in multiples:
+            refinement = MeanField(tuple(noise * multiple), window_radius=WINDOW_RADIUS[source.spatial_dims])
+            refined = refinement.apply(mix, image, source.spacing)
+            cells.append(f"{multiple:g}× {_dice(refined, data['values'], sample):.3f}")
+        print(f"{spec} (a = {a:.2f}): " + ", ".join(cells), flush=True)
+
+
 def steps(spec: str, chunk: int, chunks: int) -> None:
     dataset, kind, density, seed = spec.split("/")
     sample, source, target, trainer = _trainer(dataset, kind, density, int(seed), steps=chunk)
@@ -174,9 +210,14 @@ def main() -> int:
     two.add_argument("spec", metavar="DATASET/KIND/DENSITY/SEED")
     two.add_argument("--chunk", type=int, default=500)
     two.add_argument("--chunks", type=int, default=3)
+    three = sub.add_parser("widths", help="the refinement's intensity width, on cached sets")
+    three.add_argument("specs", nargs="+", metavar="DATASET/KIND/DENSITY/SEED")
+    three.add_argument("--multiples", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0, 4.0])
     args = parser.parse_args()
     if args.what == "sets":
         sets(args.specs, args.budget)
+    elif args.what == "widths":
+        widths(args.specs, args.multiples)
     else:
         steps(args.spec, args.chunk, args.chunks)
     return 0
