@@ -1,7 +1,7 @@
 """Train one configuration variant on a few sets, as ``accuracy.py`` does, and print its Dice.
 
 For trying a change of a default before building it in: the variant is given as fields of
-``ModelConfig``, ``LossConfig`` and ``TrainConfig`` (``NAME=VALUE``, the value read as Python),
+``ModelConfig``, ``LossConfig`` and ``TrainConfig`` (``NAME=VALUE``, the value a Python literal),
 on top of ``accuracy.py``'s method (``defaults`` unless ``--method``). Each set is
 ``DATASET/KIND/DENSITY/SEED`` (``mri3d/dense/dense/1`` for dense labels). Nothing is written to
 ``benchmarks/results/accuracy.jsonl``: compare against its runs of the same set and seed (the
@@ -23,6 +23,7 @@ import argparse
 import ast
 import json
 import sys
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -60,9 +61,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", type=float, nargs="+", default=[60.0, 180.0])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    overrides = {"model": _fields(args.model), "loss": _fields(args.loss), **_fields(args.train)}
+    model, loss, train = _fields(args.model), _fields(args.loss), _fields(args.train)
 
+    from scribbleseg.core.config import LossConfig, ModelConfig, TrainConfig
     from scribbleseg.samples import load_sample
+
+    for config, given in ((ModelConfig, model), (LossConfig, loss), (TrainConfig, train)):
+        unknown = sorted(set(given) - {field.name for field in fields(config)})
+        if unknown:
+            raise SystemExit(f"{config.__name__} has no field {', '.join(unknown)}")
+    overrides = {"model": model, "loss": loss, **train}
 
     for spec in args.sets:
         try:

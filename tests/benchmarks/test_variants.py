@@ -26,6 +26,11 @@ def test_fields_are_python_literals():
         variants._fields(["size=large"])
 
 
+def test_an_unknown_field_is_named():
+    with pytest.raises(SystemExit, match="LossConfig has no field teacher_step"):
+        variants.main(["nuclei2d/points/sparse/0", "--loss", "teacher_step=7"])
+
+
 def test_overrides_reach_the_trainer():
     sample = load_sample("nuclei2d")
     labels = accuracy.annotate(sample, "points", "sparse", 0)
