@@ -109,7 +109,12 @@ MARKERS = ("<!-- accuracy:start -->", "<!-- accuracy:end -->")
 
 # ----------------------------------------------------------------------------- annotations
 def annotate(sample: Any, kind: str, density: str, seed: int) -> np.ndarray:
-    """The simulated annotation of ``kind`` and ``density`` for ``seed`` (class values, 0 = none)."""
+    """The simulated annotation of ``kind`` and ``density`` for ``seed`` (class values, 0 = none).
+
+    ``kind`` ``"dense"``: the ground truth itself (the upper bound's labels).
+    """
+    if kind == "dense":
+        return sample.ground_truth
     classes = sorted(sample.class_names)
     if kind == "scribbles":
         return simulate_scribbles(sample.ground_truth, classes, DENSITIES[density], seed=seed)
@@ -503,11 +508,8 @@ def main(argv: list[str] | None = None) -> int:
         samples = {}
         for i, (dataset, annotation, method, seed) in enumerate(todo, 1):
             sample = samples.setdefault(dataset, load_sample(dataset))
-            if annotation == "dense":
-                labels = sample.ground_truth
-            else:
-                kind, density = annotation.split("/")
-                labels = annotate(sample, kind, density, seed)
+            kind, _, density = annotation.partition("/")
+            labels = annotate(sample, kind, density, seed)
             started = time.perf_counter()
             if method == "rf":
                 outcome = run_rf(sample, labels, seed=seed, threads=args.threads)

@@ -151,7 +151,7 @@ def widths(specs: list[str], multiples: list[float]) -> None:
     2D sets: the network alone (the blend has handed over by 180 s); 3D sets: the mix at the
     weight it had then.
     """
-    from scribbleseg.core.refine import NOISE_WIDTHS, WINDOW_RADIUS, MeanField
+    from scribbleseg.core.refine import NOISE_WIDTHS
     from scribbleseg.core.volume import ImageSource
     from scribbleseg.samples import load_sample
 
@@ -169,8 +169,7 @@ def widths(specs: list[str], multiples: list[float]) -> None:
         noise = np.asarray(data["sigma"], dtype=float) / NOISE_WIDTHS
         cells = []
         for multiple in multiples:
-            refinement = MeanField(tuple(noise * multiple), window_radius=WINDOW_RADIUS[source.spatial_dims])
-            refined = refinement.apply(mix, image, source.spacing)
+            refined = _refine(mix, image, source, tuple(noise * multiple), 1.0)
             cells.append(f"{multiple:g}× {_dice(refined, data['values'], sample):.3f}")
         print(f"{spec} (a = {a:.2f}): " + ", ".join(cells), flush=True)
 

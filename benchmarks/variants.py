@@ -78,10 +78,7 @@ def main(argv: list[str] | None = None) -> int:
         except ValueError:
             raise SystemExit(f"expected DATASET/KIND/DENSITY/SEED, got {spec!r}") from None
         sample = load_sample(dataset)
-        if kind == "dense":
-            labels = sample.ground_truth
-        else:
-            labels = accuracy.annotate(sample, kind, density, int(seed))
+        labels = accuracy.annotate(sample, kind, density, int(seed))
         outcome = accuracy.run_network(
             sample,
             labels,
