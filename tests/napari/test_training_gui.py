@@ -42,6 +42,9 @@ def _stop(qtbot, widget, timeout=5_000) -> float:
     # widget's handlers) ends a moment later. Wait for it, or the viewer's leak check at teardown
     # can find the viewer still referenced (seen once in CI under load).
     qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=timeout)
+    # "running" turns False in the worker thread; the widget's own "finished" handler (which
+    # re-enables Train) is queued to the GUI thread: let it run (a race seen once in CI).
+    qtbot.waitUntil(lambda: widget.training.run is None, timeout=timeout)
     return seconds
 
 
