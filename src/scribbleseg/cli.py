@@ -199,6 +199,14 @@ def build_parser() -> argparse.ArgumentParser:
         f"{defaults.teacher_steps} steps (0 = off; default {defaults.teacher_weight})",
     )
     train.add_argument(
+        "--teacher-refinement",
+        type=_non_negative,
+        default=None,
+        metavar="L",
+        help="weight of a mean-field CRF refinement of the forest teacher's soft labels, which moves them "
+        "onto the image's edges (0 = the forest's probabilities as they are; default 1 in 2D, 0 in 3D)",
+    )
+    train.add_argument(
         "--weight-average",
         type=_decay,
         default=TrainConfig.weight_average,
@@ -427,6 +435,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         crf_weight=args.crf_weight,
         dynamic_crf_weight=args.dynamic_crf_weight,
         teacher_weight=args.teacher_weight,
+        teacher_refinement=args.teacher_refinement,
     )
     target = labels_to_target(
         labels,

@@ -144,3 +144,37 @@ def test_preview_mixes_the_teachers_probabilities_in(blobs2d):
     assert preview.source == "network"
     assert np.all(network_only >= -2e-3)  # what is left is (1 - w) * network probabilities
     np.testing.assert_allclose(network_only.sum(0), 1 - trainer.model.forest_blend.weight, atol=2e-3)
+
+
+def test_the_teacher_is_refined_in_2d_by_default_and_the_blend_stays_the_forests(blobs2d, blobs3d):
+    image, scribbles, _ = blobs2d
+    source = ImageSource(image)
+    taught = replace(LOSS, teacher_weight=1.0)
+    trainer = Trainer(
+        source,
+        labels_to_target(scribbles),
+        model_config=TINY,
+        loss_config=taught,
+        train_config=TrainConfig(device="cpu", seed=0, batch_size=2, steps=3, crf_refinement=0.0),
+    )
+    deadline = time.monotonic() + 60
+    while trainer.model.forest_blend is None and time.monotonic() < deadline:
+        list(trainer.run())
+    teacher = trainer._teacher
+    assert teacher is not None and teacher.refinement is not None
+    assert teacher.refinement.weight == 1.0
+    whole = (slice(0, 64), slice(0, 80))
+    assert not np.allclose(teacher.read(whole), teacher.read_forest(whole), atol=1e-3)
+    # The blend in previews is the forest's, as in whole-image prediction.
+    blend = trainer.model.forest_blend
+    np.testing.assert_allclose(blend.probabilities(source, whole), teacher.read_forest(whole), atol=2e-3)
+    # Off with weight 0, and by default in 3D; a bad weight is refused.
+    no_refinement = replace(taught, teacher_refinement=0)
+    off = Trainer(source, labels_to_target(scribbles), model_config=TINY, loss_config=no_refinement)
+    assert off.teacher_refinement() is None
+    volume, sparse, _ = blobs3d
+    three_d = Trainer(ImageSource(volume, channel_axis=0), labels_to_target(sparse), model_config=TINY)
+    assert three_d.teacher_refinement() is None
+    assert LossConfig(teacher_refinement=2).teacher_refinement == 2.0
+    with pytest.raises(ValueError, match="teacher_refinement"):
+        LossConfig(teacher_refinement=-1.0)

@@ -9,7 +9,8 @@ import torch
 from scribbleseg.core.annotations import labels_to_target
 from scribbleseg.core.losses import IGNORE_INDEX, teacher_cross_entropy
 from scribbleseg.core.metrics import dice_iou
-from scribbleseg.core.pixel_classifier import ForestTeacher, feature_preview
+from scribbleseg.core.pixel_classifier import ForestTeacher, feature_preview, temper
+from scribbleseg.core.refine import MeanField, estimate_noise
 from scribbleseg.core.volume import ImageSource
 
 
@@ -80,3 +81,54 @@ def test_feature_preview_of_a_3d_slice(blobs3d):
     probabilities = feature_preview(source, target, region, trees=20)
     assert probabilities.shape == (2, 1, 40, 36)
     assert dice_iou(probabilities.argmax(axis=0) + 1, truth[region])[2]["dice"] > 0.7
+
+
+def test_temper_keeps_the_refined_order_and_at_most_the_reference_confidence():
+    rng = np.random.default_rng(0)
+    for classes in (2, 3, 5):
+        refined = rng.dirichlet(np.ones(classes), size=(6, 7)).transpose(2, 0, 1).astype(np.float32)
+        reference = rng.dirichlet(np.ones(classes), size=(6, 7)).transpose(2, 0, 1).astype(np.float32)
+        tempered = temper(refined, reference)
+        np.testing.assert_allclose(tempered.sum(axis=0), 1.0, atol=1e-5)
+        assert (tempered >= 0).all()
+        np.testing.assert_array_equal(tempered.argmax(axis=0), refined.argmax(axis=0))
+        assert (tempered.max(axis=0) <= np.maximum(reference.max(axis=0), 1 / classes) + 1e-5).all()
+        # Where the refinement is the less sure of the two it is left as it is.
+        less_sure = refined.max(axis=0) <= reference.max(axis=0)
+        np.testing.assert_allclose(tempered[:, less_sure], refined[:, less_sure], atol=1e-6)
+
+
+def test_refined_teacher_teaches_edges_and_blends_the_forest_as_it_is(blobs2d):
+    image, scribbles, truth = blobs2d
+    source, target = _setup(image, scribbles)
+    plain = ForestTeacher(source, target, trees=20, seed=3)
+    refinement = MeanField.for_noise(estimate_noise(source), spatial_dims=2)
+    refined = ForestTeacher(source, target, trees=20, seed=3, refinement=refinement)
+    assert plain.fit() and refined.fit()
+    whole = tuple(slice(0, n) for n in source.spatial_shape)
+    # The blend (read_forest) is the forest's; the soft labels taught (read) are refined.
+    np.testing.assert_array_equal(refined.read_forest(whole), plain.read(whole))
+    forest, soft = refined.read_forest(whole), refined.read(whole)
+    assert not np.allclose(soft, forest, atol=1e-3)
+    np.testing.assert_allclose(soft.sum(axis=0), 1.0, atol=2e-3)
+    assert (soft.max(axis=0) <= forest.max(axis=0) + 2e-3).all()  # never more confident
+    dice = [dice_iou(p.argmax(axis=0) + 1, truth)[2]["dice"] for p in (forest, soft)]
+    assert dice[1] >= dice[0]
+    # Computed in blocks with the refinement's halo, it is the same as in one piece.
+    blocks = ForestTeacher(source, target, trees=20, seed=3, refinement=refinement, block_shape=(24, 32))
+    assert blocks.fit()
+    np.testing.assert_allclose(blocks.read(whole), soft, atol=2e-3)
+
+
+def test_a_stop_during_the_refinement_abandons_the_fit(blobs2d):
+    image, scribbles, _ = blobs2d
+    source, target = _setup(image, scribbles)
+    calls = []
+
+    def stop_at_refinement() -> bool:
+        calls.append(1)
+        return len(calls) > 2  # one block to fit, one to predict, then the refinement's first
+
+    refinement = MeanField.for_noise(estimate_noise(source), spatial_dims=2)
+    teacher = ForestTeacher(source, target, trees=5, refinement=refinement, should_stop=stop_at_refinement)
+    assert not teacher.fit() and teacher.abandoned and teacher.probabilities is None

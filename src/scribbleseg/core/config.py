@@ -173,6 +173,11 @@ class LossConfig(_DictMixin):
         Images larger than ``ForestTeacher.max_voxels`` get no teacher.
     teacher_steps : int
         The teacher's weight falls linearly from ``teacher_weight`` to 0 over these steps.
+    teacher_refinement : float, optional
+        ``λ`` of a mean-field CRF refinement of the teacher's soft labels (the refinement of
+        ``TrainConfig.crf_refinement``, with its noise-scaled intensity width), tempered to be
+        no more confident than the forest; 0 = the forest's probabilities as they are. Default
+        :func:`default_teacher_refinement`: 1 in 2D, 0 in 3D.
     warmup_steps : int
         Regularizers are off before this step and ramp in linearly over the
         next ``warmup_steps`` steps.
@@ -201,6 +206,7 @@ class LossConfig(_DictMixin):
     # fading it out within 500 steps lost that by 180 s, so it fades slowly (benchmarks/accuracy.py).
     teacher_weight: float = 1.0
     teacher_steps: int = 5000
+    teacher_refinement: float | None = None
     warmup_steps: int = 20
     dynamic_start_step: int = 60
 
@@ -216,6 +222,13 @@ class LossConfig(_DictMixin):
         _check(1 <= int(self.crf_window_radius) <= 15, "crf_window_radius must be in [1, 15]")
         _check(1 <= int(self.crf_downsample) <= 4, "crf_downsample must be in [1, 4]")
         _check(int(self.teacher_steps) >= 1, "teacher_steps must be >= 1")
+        if self.teacher_refinement is not None:
+            value = float(self.teacher_refinement)
+            _check(
+                math.isfinite(value) and value >= 0,
+                f"teacher_refinement must be a finite number >= 0, got {self.teacher_refinement}",
+            )
+            object.__setattr__(self, "teacher_refinement", value)
         _check(int(self.warmup_steps) >= 0, "warmup_steps must be >= 0")
         _check(int(self.dynamic_start_step) >= 0, "dynamic_start_step must be >= 0")
 
@@ -406,6 +419,29 @@ def default_forest_blend_steps(spatial_dims: int) -> int | None:
     """
     _check(spatial_dims in FOREST_BLEND_STEPS, f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
     return FOREST_BLEND_STEPS[spatial_dims]
+
+
+#: Default ``LossConfig.teacher_refinement`` per number of spatial dimensions.
+TEACHER_REFINEMENT: dict[int, float] = {2: 1.0, 3: 0.0}
+
+
+def default_teacher_refinement(spatial_dims: int) -> float:
+    """Return the weight of the teacher's CRF refinement: 1 in 2D, 0 (none) in 3D.
+
+    In 3D it costs about 24 s per fit of the 1.3 million-voxel MRI sample on 2 CPU threads and
+    did not change the forest's Dice there (``docs/benchmarks.md``).
+
+    Parameters
+    ----------
+    spatial_dims : int
+        2 or 3.
+
+    Returns
+    -------
+    float
+    """
+    _check(spatial_dims in TEACHER_REFINEMENT, f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    return TEACHER_REFINEMENT[spatial_dims]
 
 
 def default_patch_size(spatial_shape: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[int, ...]:

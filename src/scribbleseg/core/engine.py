@@ -34,6 +34,7 @@ from scribbleseg.core.config import (
     crf_grid,
     default_forest_blend_steps,
     default_patch_size,
+    default_teacher_refinement,
 )
 from scribbleseg.core.inference import (
     amp_dtype,
@@ -538,7 +539,7 @@ class Trainer:
         blend = self._blend_weight()
         if blend > 0:
             assert self._teacher is not None
-            forest = self._teacher.read(grown)
+            forest = self._teacher.read_forest(grown)
             probabilities = (1.0 - blend) * probabilities + blend * forest
         if refinement is not None:
             probabilities = refinement.apply(
@@ -552,7 +553,17 @@ class Trainer:
 
         The image's noise is estimated on the first call (it reads up to 2 million voxels).
         """
-        weight = self.train_config.crf_refinement
+        return self._mean_field(self.train_config.crf_refinement)
+
+    def teacher_refinement(self) -> MeanField | None:
+        """Return the CRF refinement of the teacher's soft labels (LossConfig.teacher_refinement) or None."""
+        weight = self.loss_config.teacher_refinement
+        if weight is None:
+            weight = default_teacher_refinement(self.source.spatial_dims)
+        return self._mean_field(weight)
+
+    def _mean_field(self, weight: float) -> MeanField | None:
+        """Return the mean-field refinement of ``weight`` for this image's noise, or None for weight 0."""
         if weight <= 0:
             return None
         if self._noise is None:
@@ -691,6 +702,7 @@ class Trainer:
             threads=torch.get_num_threads(),
             should_stop=self._teacher_cancel.is_set,
             prevalence_correction=self.train_config.prevalence_correction,
+            refinement=self.teacher_refinement() if cfg.teacher_weight > 0 else None,  # blend only: raw
         )
         if not teacher.available:
             self._teacher_failed = True  # too large: no teacher for this image

@@ -19,7 +19,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,7 +28,10 @@ from scribbleseg.core.features import FeatureSpec, filter_bank, filter_halo
 from scribbleseg.core.prevalence import check_factors, estimate_factors, reweight
 from scribbleseg.core.volume import ImageSource, block_regions, clip_region
 
-__all__ = ["PREVIEW_FEATURES", "ForestBlend", "ForestTeacher", "feature_preview"]
+if TYPE_CHECKING:
+    from scribbleseg.core.refine import MeanField
+
+__all__ = ["PREVIEW_FEATURES", "ForestBlend", "ForestTeacher", "feature_preview", "temper"]
 
 #: Smaller banks than ilastik's default, for previews only: they need less context around the view
 #: (scales up to 5 in 2D, 3.5 in 3D, not 10) and take a fraction of the time. Keyed by spatial dims.
@@ -104,6 +107,34 @@ def feature_preview(
     return probabilities.reshape(target.num_classes, *(s.stop - s.start for s in region))
 
 
+def temper(refined: np.ndarray, reference: np.ndarray) -> np.ndarray:
+    """``refined`` class probabilities made no more confident than ``reference``, voxel by voxel.
+
+    Each voxel's distribution is moved towards uniform, ``1/K + s (p - 1/K)``, with ``s`` the
+    largest factor up to 1 that keeps its top probability at most ``reference``'s: the classes'
+    order is ``refined``'s, the confidence (``max p``) at most ``reference``'s.
+
+    Parameters
+    ----------
+    refined, reference : (K, ...) float32 ndarray
+        Probabilities over the first axis.
+
+    Returns
+    -------
+    (K, ...) float32 ndarray
+        Sums to 1 over the first axis.
+    """
+    uniform = 1.0 / len(refined)
+    excess = refined.max(axis=0) - uniform
+    allowed = np.maximum(reference.max(axis=0) - uniform, 0.0)
+    scale = np.minimum(1.0, allowed / np.maximum(excess, 1e-6))
+    tempered = uniform + (refined - uniform) * scale
+    # With more than two classes a shrunk class can dip below 0 by rounding only; keep a distribution.
+    np.clip(tempered, 0.0, None, out=tempered)
+    tempered /= np.maximum(tempered.sum(axis=0, keepdims=True), 1e-12)
+    return tempered.astype(np.float32, copy=False)
+
+
 def _context(
     region: Sequence[slice], halo: Sequence[int], shape: Sequence[int]
 ) -> tuple[tuple[slice, ...], tuple[slice, ...]]:
@@ -175,6 +206,12 @@ class ForestTeacher:
     prevalence_correction : bool
         Re-weight the probabilities to the class prevalence they imply over the image
         (:mod:`scribbleseg.core.prevalence`); the factors are kept in :attr:`factors`.
+    refinement : MeanField, optional
+        Refine the soft labels the network is taught (:meth:`read`) with this mean-field CRF
+        (``LossConfig.teacher_refinement``): it moves the forest's boundaries onto the image's
+        edges. The refined map is then tempered to be nowhere more confident than the forest
+        (:func:`temper`), so the teacher's weight in the loss stays the forest's own.
+        :attr:`probabilities`, which the forest blend mixes into previews, stay the forest's.
     """
 
     def __init__(
@@ -190,6 +227,7 @@ class ForestTeacher:
         max_voxels: int = 2**25,
         should_stop: Callable[[], bool] | None = None,
         prevalence_correction: bool = False,
+        refinement: MeanField | None = None,
     ) -> None:
         self.source = source
         self.target = target
@@ -200,7 +238,11 @@ class ForestTeacher:
         self.max_voxels = max_voxels
         self._should_stop = should_stop or (lambda: False)
         self.prevalence_correction = prevalence_correction
+        self.refinement = refinement
         self.probabilities: np.ndarray | None = None  # (K, *shape) float16 once fitted
+        #: The soft labels taught: :attr:`probabilities` refined and tempered (``refinement``), or
+        #: the same array.
+        self.soft_labels: np.ndarray | None = None
         self.factors: tuple[float, ...] | None = None  # prevalence factors applied to them
         self.forest: Any = None  # the fitted RandomForestClassifier
         self.abandoned = False  # True when should_stop ended a fit
@@ -275,22 +317,50 @@ class ForestTeacher:
                 index = (slice(None), *block)
                 probabilities[index] = reweight(probabilities[index].astype(np.float32), factors)
             self.factors = tuple(float(f) for f in factors)
-        self.probabilities = probabilities
+        soft_labels = probabilities
+        if self.refinement is not None:
+            soft_labels = self._refined(probabilities)
+            if soft_labels is None:
+                self.abandoned = True
+                return False
+        self.probabilities, self.soft_labels = probabilities, soft_labels
         self.forest = forest
         return True
 
+    def _refined(self, probabilities: np.ndarray) -> np.ndarray | None:
+        """``probabilities`` refined (block by block, each with the refinement's halo) and tempered."""
+        assert self.refinement is not None
+        spacing, shape = self.source.spacing, self.source.spatial_shape
+        halo = self.refinement.halo(spacing)
+        refined = np.empty_like(probabilities)
+        for block in self._blocks():
+            if self._should_stop():
+                return None
+            grown, crop = _context(block, halo, shape)
+            forest = probabilities[(slice(None), *grown)].astype(np.float32)
+            smooth = self.refinement.apply(forest, self.source.read(grown), spacing, region=crop)
+            refined[(slice(None), *block)] = temper(smooth, forest[(slice(None), *crop)])
+        return refined
+
     def read(self, region: Sequence[slice]) -> np.ndarray:
-        """Probabilities ``(K, *region)`` float32; parts outside the image, or before :meth:`fit`, are 0."""
+        """Return the soft labels taught, ``(K, *region)`` float32: 0 outside the image or before a fit."""
+        return self._read(self.soft_labels, region)
+
+    def read_forest(self, region: Sequence[slice]) -> np.ndarray:
+        """Return the forest's own probabilities, which the blend mixes in (as :meth:`read`)."""
+        return self._read(self.probabilities, region)
+
+    def _read(self, array: np.ndarray | None, region: Sequence[slice]) -> np.ndarray:
         size = tuple(s.stop - s.start for s in region)
         out = np.zeros((self.target.num_classes, *size), dtype=np.float32)
-        if self.probabilities is None:
+        if array is None:
             return out
         shape = self.source.spatial_shape
         inside = tuple(slice(max(0, s.start), min(n, s.stop)) for s, n in zip(region, shape, strict=True))
         if any(s.stop <= s.start for s in inside):
             return out
         where = tuple(slice(i.start - s.start, i.stop - s.start) for i, s in zip(inside, region, strict=True))
-        out[(slice(None), *where)] = self.probabilities[(slice(None), *inside)]
+        out[(slice(None), *where)] = array[(slice(None), *inside)]
         return out
 
 
