@@ -38,6 +38,7 @@ NETWORK_FEATURES: dict[str, tuple[int, int, int, int, int, int]] = {
 }
 
 _Config = TypeVar("_Config", "ModelConfig", "LossConfig", "TrainConfig")
+_Value = TypeVar("_Value")
 
 
 def _check(condition: bool, message: str) -> None:
@@ -417,8 +418,7 @@ def default_forest_blend_steps(spatial_dims: int) -> int | None:
     int or None
         None: the blend fades with the forest teacher only (``LossConfig.teacher_steps``).
     """
-    _check(spatial_dims in FOREST_BLEND_STEPS, f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
-    return FOREST_BLEND_STEPS[spatial_dims]
+    return _for_dims(FOREST_BLEND_STEPS, spatial_dims)
 
 
 #: Default ``LossConfig.teacher_refinement`` per number of spatial dimensions.
@@ -440,8 +440,13 @@ def default_teacher_refinement(spatial_dims: int) -> float:
     -------
     float
     """
-    _check(spatial_dims in TEACHER_REFINEMENT, f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
-    return TEACHER_REFINEMENT[spatial_dims]
+    return _for_dims(TEACHER_REFINEMENT, spatial_dims)
+
+
+def _for_dims(table: Mapping[int, _Value], spatial_dims: int) -> _Value:
+    """``table[spatial_dims]``; a :class:`ConfigError` unless ``spatial_dims`` is 2 or 3."""
+    _check(spatial_dims in table, f"spatial_dims must be 2 or 3, got {spatial_dims!r}")
+    return table[spatial_dims]
 
 
 def default_patch_size(spatial_shape: tuple[int, ...], spacing: tuple[float, ...]) -> tuple[int, ...]:
