@@ -34,8 +34,11 @@ def _forest(image, scribbles, weight=0.5):
     return source, target, teacher, blend
 
 
-def _trainer_with_forest(image, scribbles, **train):
-    """A trainer that has run until its forest came in (it is fitted in a background thread)."""
+def _trainer_with_forest(image, scribbles, *, wait=True, **train):
+    """A trainer that has run until its forest came in (it is fitted in a background thread).
+
+    With ``wait=False`` it runs its steps once: a trainer whose blend is off would wait in vain.
+    """
     source = ImageSource(image)
     # Without the CRF refinement, which would change the mix afterwards (tests/core/test_refine.py).
     options = {"device": "cpu", "seed": 0, "batch_size": 2, "steps": 3, "crf_refinement": 0.0} | train
@@ -46,8 +49,9 @@ def _trainer_with_forest(image, scribbles, **train):
         loss_config=LOSS,
         train_config=TrainConfig(**options),
     )
+    list(trainer.run())
     deadline = time.monotonic() + 60
-    while trainer.model.forest_blend is None and time.monotonic() < deadline:
+    while wait and trainer.model.forest_blend is None and time.monotonic() < deadline:
         list(trainer.run())
     return source, trainer
 
@@ -101,8 +105,8 @@ def test_the_blend_fades_out_and_can_be_switched_off(blobs2d):
     trainer.train_config = replace(trainer.train_config, steps=100)
     list(trainer.run())  # past teacher_steps: the network stands alone
     assert trainer.model.forest_blend is None
-    _, trainer = _trainer_with_forest(image, scribbles, forest_blend=0.0, steps=20)
-    assert trainer.model.forest_blend is None
+    _, trainer = _trainer_with_forest(image, scribbles, wait=False, forest_blend=0.0, steps=20)
+    assert trainer.model.forest_blend is None and trainer.step == 20
     assert trainer.metadata().training["forest_blend"] == 0.0
 
 
