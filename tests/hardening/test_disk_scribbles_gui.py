@@ -48,7 +48,7 @@ def test_scribbles_on_disk_are_saved_as_painted_and_training_never_writes_them(
     widget.training_panel.train_button.click()
     qtbot.waitUntil(
         lambda: not widget.training.running and getattr(widget.training.last_update, "done", False),
-        timeout=30_000,
+        timeout=90_000,
     )
     assert not notifications.errors(), notifications.errors()
     assert widget.training.trainer.labelled_voxels == np.count_nonzero(scribbles)
@@ -56,7 +56,7 @@ def test_scribbles_on_disk_are_saved_as_painted_and_training_never_writes_them(
 
     # A stroke painted while training is saved at once and used by the trainer.
     widget.settings.max_steps.value = 100_000
-    with qtbot.waitSignal(widget.training.update_received, timeout=20_000):
+    with qtbot.waitSignal(widget.training.update_received, timeout=60_000):
         widget.training_panel.train_button.click()
     layer.brush_size = 3
     for x in range(10, 30, 2):
@@ -66,7 +66,7 @@ def test_scribbles_on_disk_are_saved_as_painted_and_training_never_writes_them(
     assert added > 10 and np.array_equal(saved, np.asarray(layer.data))
     qtbot.waitUntil(
         lambda: widget.training.last_update.labelled_voxels == np.count_nonzero(scribbles) + added,
-        timeout=20_000,
+        timeout=60_000,
     )
     widget.training_panel.stop_button.click()
     qtbot.waitUntil(lambda: not widget.training.running, timeout=10_000)

@@ -53,7 +53,7 @@ def test_a_failing_step_is_reported_the_last_good_model_is_kept_and_training_goe
     monkeypatch.setattr(engine.Trainer, "_train_step", step)
 
     widget.training_panel.train_button.click()
-    qtbot.waitUntil(lambda: bool(notifications.errors()) and not widget.training.running, timeout=30_000)
+    qtbot.waitUntil(lambda: bool(notifications.errors()) and not widget.training.running, timeout=90_000)
 
     # The GUI reports it once, as a notification (no traceback dialog), and stays usable.
     errors = notifications.errors()
@@ -77,7 +77,7 @@ def test_a_failing_step_is_reported_the_last_good_model_is_kept_and_training_goe
 
     # That model can be saved and used.
     assert widget.save_model(str(tmp_path / "after-failure.model"))
-    with qtbot.waitSignal(widget.prediction_finished, timeout=30_000):
+    with qtbot.waitSignal(widget.prediction_finished, timeout=90_000):
         assert widget.predict()
     assert set(np.unique(widget.output_layers.prediction.data)) <= {1, 2}
 
@@ -90,7 +90,7 @@ def test_a_failing_step_is_reported_the_last_good_model_is_kept_and_training_goe
             and widget.training.last_update is not None
             and widget.training.last_update.done
         ),
-        timeout=30_000,
+        timeout=90_000,
     )
     assert widget.training.trainer is trainer and trainer.step == 3 + 6
     assert widget.training.last_update.reason == "steps"

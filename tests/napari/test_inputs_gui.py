@@ -14,7 +14,7 @@ from scribbleseg.napari._layers import image_source
 pytestmark = pytest.mark.gui
 
 
-def _train_until_done(qtbot, widget, steps, timeout=40_000):
+def _train_until_done(qtbot, widget, steps, timeout=120_000):
     widget.settings.max_steps.value = steps
     widget.training_panel.train_button.click()
     qtbot.waitUntil(
@@ -56,7 +56,7 @@ def test_3d_channel_layers_with_anisotropic_scale_train_and_predict(
     predicted_slices = np.flatnonzero(np.any(prediction.data, axis=(1, 2)))
     assert predicted_slices.tolist() == [5]
 
-    with qtbot.waitSignal(widget.prediction_finished, timeout=30_000):
+    with qtbot.waitSignal(widget.prediction_finished, timeout=90_000):
         assert widget.predict()
     assert prediction.data.shape == truth.shape
     assert set(np.unique(prediction.data)) <= {1, 2} and np.all(prediction.data > 0)
@@ -143,7 +143,7 @@ def test_save_load_predict_and_export(make_napari_viewer, dock_widget, qtbot, tm
     widget = dock_widget(viewer)
     widget.settings.preview_interval.value = 60.0  # one preview only: this test is about files
     _train_until_done(qtbot, widget, steps=5)
-    with qtbot.waitSignal(widget.prediction_finished, timeout=20_000):
+    with qtbot.waitSignal(widget.prediction_finished, timeout=60_000):
         assert widget.predict()
     prediction = widget.output_layers.prediction
     trained = np.array(prediction.data)
@@ -158,7 +158,7 @@ def test_save_load_predict_and_export(make_napari_viewer, dock_widget, qtbot, tm
     assert widget.load_model(str(model_path)), notifications.errors()
     assert widget.training.trainer is None and widget.classes.background() == 1
     assert widget.settings.preview_interval.value == 60.0  # the model's settings are shown
-    with qtbot.waitSignal(widget.prediction_finished, timeout=20_000):
+    with qtbot.waitSignal(widget.prediction_finished, timeout=60_000):
         assert widget.predict()
     assert widget.output_layers.prediction is prediction
     assert np.array_equal(prediction.data, trained)
@@ -173,7 +173,7 @@ def test_save_load_predict_and_export(make_napari_viewer, dock_widget, qtbot, tm
     model, metadata = load_model(model_path)
     assert model.refinement is not None and widget.settings.crf_refinement.value == 1.0
     widget.settings.crf_refinement.value = 0.0
-    with qtbot.waitSignal(widget.prediction_finished, timeout=20_000):
+    with qtbot.waitSignal(widget.prediction_finished, timeout=60_000):
         assert widget.predict()
     model.refinement = None
     source = image_source(widget.inputs.image_layers())

@@ -1,6 +1,7 @@
 """The widget, docked through the npe2 manifest into a real viewer, training on CPU.
 
-Timeouts bound every wait; training uses one torch thread (see conftest).
+Timeouts bound every wait against a hang (generous: CI machines vary 2x in speed); training uses one
+torch thread (see conftest).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def _set(settings, **values):
         getattr(settings, name).value = value
 
 
-def _start(qtbot, widget, timeout=20_000):
+def _start(qtbot, widget, timeout=60_000):
     """Press Train and wait for the first record."""
     with qtbot.waitSignal(widget.training.update_received, timeout=timeout):
         widget.training_panel.train_button.click()
@@ -73,7 +74,7 @@ def test_trains_on_the_2d_sample_and_beats_a_threshold(make_napari_viewer, dock_
     assert prediction is not None and set(np.unique(prediction.data)) == {1, 2}
     assert widget.output_layers.uncertainty.data.max() > 0
 
-    with qtbot.waitSignal(widget.prediction_finished, timeout=20_000):
+    with qtbot.waitSignal(widget.prediction_finished, timeout=60_000):
         assert widget.predict()
     assert widget.outputs_panel.progress.value() == 100
     assert [layer.name for layer in viewer.layers].count("prediction") == 1  # the same, persistent layer
@@ -142,7 +143,7 @@ def test_corrections_add_exactly_the_edited_voxels(make_napari_viewer, dock_widg
     previews = []
     widget.training.preview_written.connect(previews.append)
     widget.training_panel.train_button.click()
-    qtbot.waitUntil(lambda: not widget.training.running and bool(previews), timeout=30_000)
+    qtbot.waitUntil(lambda: not widget.training.running and bool(previews), timeout=90_000)
     prediction = widget.output_layers.prediction
     scribbles = viewer.layers["scribbles"]
     old_scribbles = np.array(scribbles.data)
@@ -162,7 +163,7 @@ def test_corrections_add_exactly_the_edited_voxels(make_napari_viewer, dock_widg
 
     max_steps_again = widget.settings.max_steps.value
     assert max_steps_again == 3
-    with qtbot.waitSignal(widget.training.update_received, timeout=20_000):
+    with qtbot.waitSignal(widget.training.update_received, timeout=60_000):
         widget.training_panel.corrections_button.click()
     changed = scribbles.data != old_scribbles
     expected = np.zeros_like(changed)
@@ -172,7 +173,7 @@ def test_corrections_add_exactly_the_edited_voxels(make_napari_viewer, dock_widg
     assert any("36 corrected voxels" in m for m in notifications.messages())
     # Training went on (same trainer), with the new scribbles.
     assert widget.training.last_update.labelled_voxels == labelled_before + 36
-    qtbot.waitUntil(lambda: not widget.training.running, timeout=20_000)
+    qtbot.waitUntil(lambda: not widget.training.running, timeout=60_000)
 
 
 def test_points_with_a_class_feature_are_training_labels(make_napari_viewer, dock_widget, qtbot, blobs2d):
@@ -206,14 +207,14 @@ def test_the_preview_follows_the_slice_being_viewed(make_napari_viewer, dock_wid
     viewer.dims.set_point(0, 3.0)  # z = 1
     widget = dock_widget(viewer)
     widget.settings.preview_interval.value = 0.5
-    with qtbot.waitSignal(widget.training.preview_written, timeout=20_000):
+    with qtbot.waitSignal(widget.training.preview_written, timeout=60_000):
         widget.training_panel.train_button.click()
     prediction = widget.output_layers.prediction
     assert np.flatnonzero(np.any(prediction.data, axis=(1, 2))).tolist() == [1]
     viewer.dims.set_point(0, 27.0)  # z = 9
-    qtbot.waitUntil(lambda: bool(np.any(prediction.data[9])), timeout=20_000)
+    qtbot.waitUntil(lambda: bool(np.any(prediction.data[9])), timeout=60_000)
     viewer.dims.ndisplay = 3  # the 3D view: the volume (this one is small enough to take whole)
-    qtbot.waitUntil(lambda: bool(np.all(np.any(prediction.data, axis=(1, 2)))), timeout=20_000)
+    qtbot.waitUntil(lambda: bool(np.all(np.any(prediction.data, axis=(1, 2)))), timeout=60_000)
     _stop(qtbot, widget)
 
 
@@ -227,12 +228,12 @@ def test_whole_image_prediction_can_be_cancelled(make_napari_viewer, dock_widget
     widget.settings.max_steps.value = 1
     widget.training_panel.train_button.click()
     qtbot.waitUntil(
-        lambda: not widget.training.running and widget.training.last_update is not None, timeout=20_000
+        lambda: not widget.training.running and widget.training.last_update is not None, timeout=60_000
     )
     progress = widget.outputs_panel.progress
-    with qtbot.waitSignal(widget.prediction_finished, timeout=20_000):
+    with qtbot.waitSignal(widget.prediction_finished, timeout=60_000):
         assert widget.predict()
-        qtbot.waitUntil(lambda: progress.value() > 0, timeout=20_000)
+        qtbot.waitUntil(lambda: progress.value() > 0, timeout=60_000)
         widget.outputs_panel.cancel_button.click()
     assert 0 < progress.value() < 100
     assert widget.outputs_panel.predict_button.isEnabled()
