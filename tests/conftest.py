@@ -83,14 +83,37 @@ WIDGET_NAME = "ScribbleSeg"
 
 
 @pytest.fixture
-def dock_widget() -> Callable[[Any], Any]:
-    """Return a function that docks the ScribbleSeg widget into a viewer through the npe2 manifest."""
+def dock_widget(make_napari_viewer: Any, qtbot: Any) -> Iterator[Callable[[Any], Any]]:
+    """Return a function that docks the ScribbleSeg widget into a viewer through the npe2 manifest.
+
+    At teardown (before the viewer's own, which checks that nothing still holds a viewer) every
+    docked widget is settled: training and prediction are asked to stop, and the teardown waits
+    until their worker threads have ended and the widget's queued "finished" handlers have run. A
+    test that ends while a worker thread is winding down would otherwise fail that leak check
+    (seen in CI under load: a test that waited only for ``training.running`` to turn False).
+    """
+    docked: list[Any] = []
 
     def dock(viewer: Any) -> Any:
         _, widget = viewer.window.add_plugin_dock_widget("scribbleseg", WIDGET_NAME)
+        docked.append(widget)
         return widget
 
-    return dock
+    yield dock
+
+    from qtpy.QtCore import QThreadPool
+
+    for widget in docked:
+        if widget._closed:  # closed with its viewer or its dock: shutdown already waited
+            continue
+        widget.training.stop()
+        if widget.prediction_run is not None:
+            widget.prediction_run.stop()
+        # Hang bounds only: a step or a block ends within seconds.
+        qtbot.waitUntil(lambda w=widget: w.training.run is None and w.prediction_run is None, timeout=60_000)
+    qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=60_000)
+    qtbot.wait(50)  # queued signals of the ended workers are delivered while the viewer lives
+    docked.clear()  # the test item keeps ``dock`` (and so this list) until its teardown ends
 
 
 class Notifications:
