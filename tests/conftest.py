@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -112,6 +113,11 @@ def dock_widget(make_napari_viewer: Any, qtbot: Any) -> Iterator[Callable[[Any],
         # Hang bounds only: a step or a block ends within seconds.
         qtbot.waitUntil(lambda w=widget: w.training.run is None and w.prediction_run is None, timeout=60_000)
     qtbot.waitUntil(lambda: QThreadPool.globalInstance().activeThreadCount() == 0, timeout=60_000)
+    # A forest teacher still being fitted when a run stopped is abandoned at its next check (within
+    # a block or a forest fit); until then its thread holds the image layer's data source.
+    qtbot.waitUntil(
+        lambda: not any(t.name == "scribbleseg-teacher" for t in threading.enumerate()), timeout=60_000
+    )
     qtbot.wait(50)  # queued signals of the ended workers are delivered while the viewer lives
     docked.clear()  # the test item keeps ``dock`` (and so this list) until its teardown ends
 

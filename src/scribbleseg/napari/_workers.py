@@ -11,12 +11,22 @@ registers it with the current viewer's task list, whose entry (``cancel_callback
 and signal connections (lambdas holding the window) form a cycle through Qt that Python's
 garbage collector cannot break, so a closed viewer would never be freed. The widget stops its
 workers itself when the viewer closes.
+
+The worker class is superqt's ``GeneratorWorker`` with one change (:class:`_Worker`): it does not
+swap the process-wide ``warnings.showwarning`` while it runs. superqt sets it to a lambda holding
+the worker inside ``warnings.catch_warnings()``, which is not thread-safe: scikit-learn wraps
+every forest job in ``catch_warnings`` too (in the forest teacher's thread and in joblib's
+threads), and one that starts while a worker runs and ends after it restores the worker's lambda
+for good. Later warnings then went to a finished worker, whose handlers kept the closed viewer
+alive. Warnings of the worker's own thread are routed to it per thread instead
+(:func:`_warnings_to`).
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -37,6 +47,65 @@ class WorkerRuntimeError(Exception):
     def __init__(self, original: RuntimeError) -> None:
         super().__init__(str(original))
         self.original = original
+
+
+_thread_handler = threading.local()  # .handler: where this thread's warnings go, if set
+
+
+def _route_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """``warnings.showwarning`` once installed: a worker thread's warnings go to its worker."""
+    handler = getattr(_thread_handler, "handler", None)
+    if handler is None:
+        _route_warning.previous(message, category, filename, lineno, file, line)  # type: ignore[attr-defined]
+    else:
+        handler((message, category, filename, lineno, file, line))
+
+
+_route_warning.previous = warnings.showwarning  # type: ignore[attr-defined]
+
+
+@contextlib.contextmanager
+def _warnings_to(handler: Callable[[tuple[Any, ...]], None]) -> Iterator[None]:
+    """Send the warnings shown in this thread to ``handler`` (others' go where they went)."""
+    if warnings.showwarning is not _route_warning:
+        _route_warning.previous = warnings.showwarning  # type: ignore[attr-defined]
+        warnings.showwarning = _route_warning
+    _thread_handler.handler = handler
+    try:
+        yield
+    finally:
+        _thread_handler.handler = None
+
+
+class _Worker(GeneratorWorker):
+    """superqt's ``GeneratorWorker`` without the process-wide ``warnings.showwarning`` swap."""
+
+    def run(self) -> None:
+        """Run the generator as superqt's ``WorkerBase.run`` (0.9) does, routing warnings per thread."""
+        self.started.emit()
+        self._running = True
+        try:
+            with _warnings_to(self.warned.emit):
+                result = self.work()
+            if isinstance(result, Exception):
+                if isinstance(result, RuntimeError):  # the worker was deleted (as superqt)
+                    warnings.warn(f"RuntimeError in aborted thread: {result}", RuntimeWarning, stacklevel=2)
+                    return
+                raise result
+            if not self.abort_requested:
+                self.returned.emit(result)
+        except Exception as exc:
+            self.errored.emit(exc)
+        self._running = False
+        self.finished.emit()
+        self._finished.emit(self)
 
 
 def _drive(generator_function: Callable[[], Iterator[Any]]) -> Iterator[Any]:
@@ -93,7 +162,7 @@ class BackgroundRun:
             ("finished", on_finished),
             ("warned", _show_warning),
         )
-        self.worker = worker = GeneratorWorker(_drive, generator_function)
+        self.worker = worker = _Worker(_drive, generator_function)
         # Direct connections run in the worker thread: they only set thread-safe flags, so that
         # wait() works without an event loop (e.g. while the viewer closes).
         worker.started.connect(self._started.set, Qt.ConnectionType.DirectConnection)
