@@ -7,11 +7,15 @@ intensity widths (multiples of the noise; 2 is the default) and weights ``λ``. 
 the forest, of each refinement, and of the forest's mean confidence against the refined map's
 before and after :func:`~scribbleseg.core.pixel_classifier.temper` (the tempered map has the
 refined map's labels, so the same Dice). No network is trained: a set takes a few seconds in 2D
-and about 45 s in 3D on 2 CPU threads.
+and about 45 s in 3D on 2 CPU threads. With ``--self-training R`` it also fits the teacher as the
+trainer does with ``LossConfig.teacher_self_training = R`` (refined as the trainer refines it,
+R rounds of pseudo-labels, ``ForestTeacher.self_training``) and prints its soft labels' Dice (about
+5 s more per set in 2D).
 
     python benchmarks/teacher_offline.py nuclei2d                 # all 12 nuclei sets, widths 2, 3, 4
     python benchmarks/teacher_offline.py mri3d --widths 2 --weights 1        # about 9 min
     python benchmarks/teacher_offline.py nuclei2d --sets scribbles/sparse/0 points/sparse/0
+    python benchmarks/teacher_offline.py nuclei2d --widths 2 --weights 1 --self-training 8
 """
 
 from __future__ import annotations
@@ -42,6 +46,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--widths", type=float, nargs="+", default=[2.0, 3.0, 4.0], help="× the noise")
     parser.add_argument("--weights", type=float, nargs="+", default=[1.0, 2.0], help="λ")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--self-training", type=int, default=0, metavar="R", help="also the teacher self-trained R rounds"
+    )
     args = parser.parse_args(argv)
 
     import torch
@@ -95,6 +102,22 @@ def main(argv: list[str] | None = None) -> int:
                 f"k{width:g} λ{weight:g} {dice(refined):.3f} "
                 f"(confidence {refined.max(axis=0).mean():.3f} → {tempered.max(axis=0).mean():.3f})"
             )
+        if args.self_training:
+            start = time.perf_counter()
+            trained = ForestTeacher(
+                source,
+                target,
+                seed=int(seed),
+                threads=args.threads,
+                refinement=trainer.teacher_refinement(),
+                self_training=args.self_training,
+            )
+            if trained.fit():
+                assert trained.soft_labels is not None
+                cells.append(
+                    f"self-trained {args.self_training} {dice(trained.soft_labels.astype(np.float32)):.3f} "
+                    f"({time.perf_counter() - start:.1f} s)"
+                )
         print(
             f"{args.dataset}/{spec}: forest {dice(forest):.3f} (confidence {forest.max(axis=0).mean():.3f}, "
             f"fit {fitted:.1f} s, refinement {seconds:.1f} s); " + "; ".join(cells),

@@ -100,6 +100,16 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _rounds(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if not 0 <= value <= 100:
+        raise argparse.ArgumentTypeError(f"expected an integer from 0 to 100, got {text!r}")
+    return value
+
+
 def _batch_size(text: str) -> int:
     value = _positive_int(text)
     if value > MAX_BATCH_SIZE:
@@ -205,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="L",
         help="weight of a mean-field CRF refinement of the forest teacher's soft labels, which moves them "
         "onto the image's edges (0 = the forest's probabilities as they are; default 1 in 2D, 0 in 3D)",
+    )
+    train.add_argument(
+        "--teacher-self-training",
+        type=_rounds,
+        default=None,
+        metavar="R",
+        help="rounds of self-training of the forest teacher: fitted again on confident voxels of its "
+        "refined map and refined again (0 = none; default 8 in 2D, 0 in 3D)",
     )
     train.add_argument(
         "--weight-average",
@@ -436,6 +454,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         dynamic_crf_weight=args.dynamic_crf_weight,
         teacher_weight=args.teacher_weight,
         teacher_refinement=args.teacher_refinement,
+        teacher_self_training=args.teacher_self_training,
     )
     target = labels_to_target(
         labels,

@@ -174,12 +174,15 @@ def test_forest_blend_option_reaches_the_model(tmp_path, files2d):
     assert document["forest_blend"] is None and not (tmp_path / "m" / "forest.skops").exists()
 
 
-def test_teacher_refinement_option_reaches_the_model(tmp_path, files2d):
-    result = _train(files2d, tmp_path / "m", "--teacher-refinement", "0.5")
+def test_teacher_refinement_options_reach_the_model(tmp_path, files2d):
+    result = _train(files2d, tmp_path / "m", "--teacher-refinement", "0.5", "--teacher-self-training", "2")
     assert result.returncode == 0, result.stderr
     document = json.loads((tmp_path / "m" / "model.json").read_text())
     assert document["loss"]["teacher_refinement"] == 0.5
+    assert document["loss"]["teacher_self_training"] == 2
     assert_bad_input(_train(files2d, tmp_path / "bad", "--teacher-refinement", "-1"), "--teacher-refinement")
+    bad_rounds = _train(files2d, tmp_path / "bad", "--teacher-self-training", "1.5")
+    assert_bad_input(bad_rounds, "--teacher-self-training")
 
 
 def test_prevalence_correction_option_reaches_the_model(tmp_path, files2d):

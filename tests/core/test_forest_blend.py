@@ -159,14 +159,18 @@ def test_the_teacher_is_refined_in_2d_by_default_and_the_blend_stays_the_forests
         labels_to_target(scribbles),
         model_config=TINY,
         loss_config=taught,
-        train_config=TrainConfig(device="cpu", seed=0, batch_size=2, steps=3, crf_refinement=0.0),
+        train_config=TrainConfig(device="cpu", seed=0, batch_size=2, steps=100_000, crf_refinement=0.0),
     )
-    deadline = time.monotonic() + 60
-    while trainer.model.forest_blend is None and time.monotonic() < deadline:
-        list(trainer.run())
+    # One run until the teacher comes in (its self-training takes seconds; a run that ends first
+    # abandons the fit).
+    deadline = time.monotonic() + 120
+    for _ in trainer.run():
+        if trainer._teacher is not None or time.monotonic() > deadline:
+            trainer.stop()
     teacher = trainer._teacher
     assert teacher is not None and teacher.refinement is not None
     assert teacher.refinement.weight == 1.0
+    assert teacher.self_training == 8  # and self-trained (LossConfig.teacher_self_training)
     whole = (slice(0, 64), slice(0, 80))
     assert not np.allclose(teacher.read(whole), teacher.read_forest(whole), atol=1e-3)
     # The blend in previews is the forest's, as in whole-image prediction.
@@ -178,7 +182,11 @@ def test_the_teacher_is_refined_in_2d_by_default_and_the_blend_stays_the_forests
     assert off.teacher_refinement() is None
     volume, sparse, _ = blobs3d
     three_d = Trainer(ImageSource(volume, channel_axis=0), labels_to_target(sparse), model_config=TINY)
-    assert three_d.teacher_refinement() is None
+    assert three_d.teacher_refinement() is None and three_d.teacher_self_training() == 0
     assert LossConfig(teacher_refinement=2).teacher_refinement == 2.0
     with pytest.raises(ValueError, match="teacher_refinement"):
         LossConfig(teacher_refinement=-1.0)
+    assert replace(taught, teacher_self_training=0).teacher_self_training == 0
+    for bad in (-1, 1.5, True, "8", 101):
+        with pytest.raises(ValueError, match="teacher_self_training"):
+            LossConfig(teacher_self_training=bad)

@@ -132,3 +132,51 @@ def test_a_stop_during_the_refinement_abandons_the_fit(blobs2d):
     refinement = MeanField.for_noise(estimate_noise(source), spatial_dims=2)
     teacher = ForestTeacher(source, target, trees=5, refinement=refinement, should_stop=stop_at_refinement)
     assert not teacher.fit() and teacher.abandoned and teacher.probabilities is None
+
+
+def test_self_training_refits_on_confident_voxels_and_still_teaches_a_tempered_map(blobs2d):
+    image, scribbles, truth = blobs2d
+    source, target = _setup(image, scribbles)
+    refinement = MeanField.for_noise(estimate_noise(source), spatial_dims=2)
+    once = ForestTeacher(source, target, trees=20, seed=3, refinement=refinement)
+    trained = ForestTeacher(source, target, trees=20, seed=3, refinement=refinement, self_training=4)
+    assert once.fit() and trained.fit()
+    whole = tuple(slice(0, n) for n in source.spatial_shape)
+    forest, soft = trained.read_forest(whole), trained.read(whole)
+    # A new forest (the last round's), fitted on more than the user's labels.
+    assert trained.forest is not once.forest
+    fitted_on = [t.forest.estimators_[0].tree_.weighted_n_node_samples[0] for t in (once, trained)]
+    assert fitted_on[1] > fitted_on[0]
+    assert not np.array_equal(forest, once.read_forest(whole))
+    np.testing.assert_allclose(soft.sum(axis=0), 1.0, atol=2e-3)
+    assert (soft.max(axis=0) <= forest.max(axis=0) + 2e-3).all()  # tempered to the last forest
+    dice = [dice_iou(t.read(whole).argmax(axis=0) + 1, truth)[2]["dice"] for t in (once, trained)]
+    assert dice[1] > 0.8 and dice[1] >= dice[0] - 0.02
+    # In blocks (pseudo-labels chosen by position, not by block) it teaches the same map.
+    blocks = ForestTeacher(
+        source, target, trees=20, seed=3, refinement=refinement, self_training=4, block_shape=(24, 32)
+    )
+    assert blocks.fit()
+    agree = blocks.read(whole).argmax(axis=0) == soft.argmax(axis=0)
+    assert agree.mean() > 0.99
+
+
+def test_self_training_without_a_refinement_and_a_stop_in_a_round(blobs2d):
+    image, scribbles, _ = blobs2d
+    source, target = _setup(image, scribbles)
+    plain = ForestTeacher(source, target, trees=10, self_training=2)
+    assert plain.fit()
+    whole = tuple(slice(0, n) for n in source.spatial_shape)
+    np.testing.assert_allclose(plain.read(whole).sum(axis=0), 1.0, atol=2e-3)
+    calls = []
+
+    def stop_in_the_second_round() -> bool:
+        calls.append(1)
+        return len(calls) > 5  # fit, predict, then round 1's selection, gathering and prediction
+
+    stopped = ForestTeacher(source, target, trees=5, self_training=2, should_stop=stop_in_the_second_round)
+    assert not stopped.fit() and stopped.abandoned and stopped.probabilities is None
+    with pytest.raises(ValueError, match="self_training"):
+        ForestTeacher(source, target, self_training=-1)
+    with pytest.raises(ValueError, match="pseudo_confidence"):
+        ForestTeacher(source, target, pseudo_confidence=1.0)

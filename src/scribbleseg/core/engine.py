@@ -35,6 +35,7 @@ from scribbleseg.core.config import (
     default_forest_blend_steps,
     default_patch_size,
     default_teacher_refinement,
+    default_teacher_self_training,
 )
 from scribbleseg.core.inference import (
     amp_dtype,
@@ -562,6 +563,13 @@ class Trainer:
             weight = default_teacher_refinement(self.source.spatial_dims)
         return self._mean_field(weight)
 
+    def teacher_self_training(self) -> int:
+        """Return the rounds of the teacher's self-training (LossConfig.teacher_self_training)."""
+        rounds = self.loss_config.teacher_self_training
+        if rounds is None:
+            rounds = default_teacher_self_training(self.source.spatial_dims)
+        return rounds
+
     def _mean_field(self, weight: float) -> MeanField | None:
         """Return the mean-field refinement of ``weight`` for this image's noise, or None for weight 0."""
         if weight <= 0:
@@ -702,7 +710,9 @@ class Trainer:
             threads=torch.get_num_threads(),
             should_stop=self._teacher_cancel.is_set,
             prevalence_correction=self.train_config.prevalence_correction,
-            refinement=self.teacher_refinement() if cfg.teacher_weight > 0 else None,  # blend only: raw
+            # Blend only (no teacher loss): the raw forest.
+            refinement=self.teacher_refinement() if cfg.teacher_weight > 0 else None,
+            self_training=self.teacher_self_training() if cfg.teacher_weight > 0 else 0,
         )
         if not teacher.available:
             self._teacher_failed = True  # too large: no teacher for this image

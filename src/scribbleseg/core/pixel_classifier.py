@@ -178,6 +178,56 @@ def _predict_block(forest: Any, features: np.ndarray, num_classes: int) -> np.nd
     return out
 
 
+class _FeatureCache:
+    """Filter features of a teacher's blocks: all of them (``whole``) or the last one computed."""
+
+    def __init__(self, teacher: ForestTeacher, *, whole: bool) -> None:
+        self._teacher, self._whole = teacher, whole
+        self._stored: dict[tuple[tuple[int, int], ...], np.ndarray] = {}
+
+    def get(self, block: tuple[slice, ...]) -> np.ndarray:
+        key = _key(block)
+        features = self._stored.get(key)
+        if features is None:
+            features = self._teacher._features(block)
+            if not self._whole:
+                self._stored.clear()  # the last block is reused next (often the only one)
+            self._stored[key] = features
+        return features
+
+
+def _hash_priority(positions: np.ndarray, salt: int) -> np.ndarray:
+    """Return a pseudo-random uint64 per flat position (splitmix64 of position and salt), stateless."""
+    with np.errstate(over="ignore"):
+        x = positions.astype(np.uint64) + np.uint64((salt * 0x9E3779B97F4A7C15) % 2**64)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def _accumulate(total: np.ndarray | None, probabilities: np.ndarray) -> np.ndarray:
+    """``total + probabilities`` (float32; a new array on the first call)."""
+    if total is None:
+        return probabilities.astype(np.float32)
+    total += probabilities
+    return total
+
+
+def _mean_of(total: np.ndarray, count: int) -> np.ndarray:
+    """Return the mean of ``count`` accumulated maps, float16 as the teacher stores its maps."""
+    return (total / count).astype(np.float16)
+
+
+def _tempered(refined: np.ndarray, forest: np.ndarray) -> np.ndarray:
+    """:func:`temper` of whole maps, in slices along the first spatial axis (bounded memory)."""
+    out = np.empty_like(refined, dtype=np.float16)
+    step = max(1, 2**22 // max(1, int(np.prod(refined.shape[2:])) * len(refined)))
+    for start in range(0, refined.shape[1], step):
+        index = (slice(None), slice(start, start + step))
+        out[index] = temper(refined[index].astype(np.float32), forest[index].astype(np.float32))
+    return out
+
+
 class ForestTeacher:
     """Dense soft labels for training: a random forest on filter features, fitted on all labels.
 
@@ -212,6 +262,25 @@ class ForestTeacher:
         edges. The refined map is then tempered to be nowhere more confident than the forest
         (:func:`temper`), so the teacher's weight in the loss stays the forest's own.
         :attr:`probabilities`, which the forest blend mixes into previews, stay the forest's.
+    self_training : int
+        Rounds of self-training (``LossConfig.teacher_self_training``). Each round samples
+        pseudo-labels where the (refined) map of the previous round is confident, fits a new
+        forest on them and the user's labels, and predicts and refines again: the forest learns
+        where the refinement put the boundaries, and the next refinement starts from there, as
+        GrabCut alternates its colour model and its graph cut. The soft labels are the mean of the
+        refined maps of the last half of the rounds (a round's map moves by about ±0.01 Dice);
+        :attr:`probabilities` and :attr:`forest` are the last round's. 0: none.
+    pseudo_labels : int
+        Pseudo-labels per class and round: at most this many voxels, an even spread over the
+        confident voxels of the class (chosen by a hash of their position, so the same for any
+        block shape). A few hundred are better than thousands on the nuclei sample (300: mean
+        soft-label Dice 0.861 from five clicks per class, 1000: 0.855, 4000: worse still; the
+        user's labels keep their weight), and less noisy than 100.
+    pseudo_confidence : float
+        A voxel is a pseudo-label of its top class where that class's probability is above this.
+    cache_bytes : int
+        Filter features of the whole image are kept between the rounds when they take at most
+        this many bytes (else each round computes them again, block by block).
     """
 
     def __init__(
@@ -228,7 +297,16 @@ class ForestTeacher:
         should_stop: Callable[[], bool] | None = None,
         prevalence_correction: bool = False,
         refinement: MeanField | None = None,
+        self_training: int = 0,
+        pseudo_labels: int = 300,
+        pseudo_confidence: float = 0.9,
+        cache_bytes: int = 2**29,
     ) -> None:
+        if int(self_training) < 0 or int(pseudo_labels) < 1 or not 0.0 <= float(pseudo_confidence) < 1.0:
+            raise ValueError(
+                "self_training must be >= 0, pseudo_labels >= 1 and pseudo_confidence in [0, 1), got "
+                f"{self_training}, {pseudo_labels}, {pseudo_confidence}"
+            )
         self.source = source
         self.target = target
         shape = tuple(source.spatial_shape)
@@ -239,6 +317,8 @@ class ForestTeacher:
         self._should_stop = should_stop or (lambda: False)
         self.prevalence_correction = prevalence_correction
         self.refinement = refinement
+        self.self_training, self.pseudo_labels = int(self_training), int(pseudo_labels)
+        self.pseudo_confidence, self.cache_bytes = float(pseudo_confidence), int(cache_bytes)
         self.probabilities: np.ndarray | None = None  # (K, *shape) float16 once fitted
         #: The soft labels taught: :attr:`probabilities` refined and tempered (``refinement``), or
         #: the same array.
@@ -268,12 +348,11 @@ class ForestTeacher:
 
     def fit(self) -> bool:
         """Fit the forest on every labelled voxel and predict the image; False if abandoned or impossible."""
-        from sklearn.ensemble import RandomForestClassifier
-
         if not self.available:
             return False
         rng = np.random.default_rng(self.seed)
-        tables, classes, positions, cache = [], [], [], {}
+        cache = _FeatureCache(self, whole=self._cache_whole())
+        tables, classes, positions = [], [], []
         for block in self._blocks():
             labels = self.target.read(block)
             labelled = np.flatnonzero(labels != IGNORE_INDEX)
@@ -282,8 +361,7 @@ class ForestTeacher:
             if self._should_stop():
                 self.abandoned = True
                 return False
-            features = self._features(block)
-            cache = {_key(block): features}  # the last block is reused by the prediction (often the only one)
+            features = cache.get(block)
             tables.append(features.reshape(len(features), -1)[:, labelled].T)
             classes.append(labels.ravel()[labelled])
             grid = np.unravel_index(labelled, labels.shape)
@@ -299,37 +377,80 @@ class ForestTeacher:
         if len(values) > _MAX_TRAINING_VOXELS * 4:
             keep = rng.choice(len(values), _MAX_TRAINING_VOXELS * 4, replace=False)
             table, values = table[keep], values[keep]
+        forest = self._fit_forest(table, values)
+        probabilities = self._predict(forest, cache)
+        if probabilities is None:
+            return False
+        soft_labels = probabilities
+        if self.refinement is not None or self.self_training:
+            refined = self._refine(probabilities)
+            total, counted = None, 0
+            for round_ in range(1, self.self_training + 1):
+                if refined is None:
+                    break
+                pseudo = self._pseudo_labels(refined, round_, cache)
+                if pseudo is None:  # stopped, or nothing confident: keep the last map
+                    break
+                rows, pseudo_values = pseudo
+                forest = self._fit_forest(
+                    np.concatenate([table, rows]),
+                    np.concatenate([values, pseudo_values.astype(values.dtype)]),
+                )
+                probabilities = self._predict(forest, cache)
+                refined = None if probabilities is None else self._refine(probabilities)
+                if refined is not None and round_ > self.self_training // 2:
+                    total, counted = _accumulate(total, refined), counted + 1
+            if refined is None or probabilities is None or self._should_stop():
+                self.abandoned = True
+                return False
+            if total is not None:
+                refined = _mean_of(total, counted)
+            # Refined maps are tempered to the forest's confidence; without a refinement the
+            # soft labels are the forests' own maps (their mean over the last rounds).
+            soft_labels = refined if self.refinement is None else _tempered(refined, probabilities)
+        self.probabilities, self.soft_labels = probabilities, soft_labels
+        self.forest = forest
+        return True
+
+    def _cache_whole(self) -> bool:
+        """Whether the features of the whole image are kept (self-training computes them each round)."""
+        if not self.self_training:
+            return False
+        dims = self.source.spatial_dims
+        channels = self.spec.num_features(dims) * self.source.n_channels
+        return channels * int(np.prod(self.source.spatial_shape)) * 4 <= self.cache_bytes
+
+    def _fit_forest(self, table: np.ndarray, values: np.ndarray) -> Any:
+        from sklearn.ensemble import RandomForestClassifier
+
         forest = RandomForestClassifier(n_estimators=self.trees, n_jobs=self.threads, random_state=self.seed)
         forest.fit(table, values)
+        return forest
+
+    def _predict(self, forest: Any, cache: _FeatureCache) -> np.ndarray | None:
+        """Return the forest's map of the image (prevalence-corrected when asked); None if stopped."""
         num_classes = self.target.num_classes
         probabilities = np.zeros((num_classes, *self.source.spatial_shape), dtype=np.float16)
         for block in self._blocks():
             if self._should_stop():
                 self.abandoned = True
-                return False
-            features = cache.get(_key(block))
-            if features is None:
-                features = self._features(block)
-            probabilities[(slice(None), *block)] = _predict_block(forest, features, num_classes)
+                return None
+            probabilities[(slice(None), *block)] = _predict_block(forest, cache.get(block), num_classes)
         if self.prevalence_correction:
             factors = estimate_factors(probabilities)
             for block in self._blocks():
                 index = (slice(None), *block)
                 probabilities[index] = reweight(probabilities[index].astype(np.float32), factors)
             self.factors = tuple(float(f) for f in factors)
-        soft_labels = probabilities
-        if self.refinement is not None:
-            soft_labels = self._refined(probabilities)
-            if soft_labels is None:
-                self.abandoned = True
-                return False
-        self.probabilities, self.soft_labels = probabilities, soft_labels
-        self.forest = forest
-        return True
+        return probabilities
 
-    def _refined(self, probabilities: np.ndarray) -> np.ndarray | None:
-        """``probabilities`` refined (block by block, each with the refinement's halo) and tempered."""
-        assert self.refinement is not None
+    def _refine(self, probabilities: np.ndarray) -> np.ndarray | None:
+        """``probabilities`` refined block by block (each with the refinement's halo), not tempered.
+
+        Without a refinement: ``probabilities`` themselves. None if stopped.
+        """
+        if self.refinement is None:
+            return probabilities
         spacing, shape = self.source.spacing, self.source.spatial_shape
         halo = self.refinement.halo(spacing)
         refined = np.empty_like(probabilities)
@@ -338,9 +459,63 @@ class ForestTeacher:
                 return None
             grown, crop = _context(block, halo, shape)
             forest = probabilities[(slice(None), *grown)].astype(np.float32)
-            smooth = self.refinement.apply(forest, self.source.read(grown), spacing, region=crop)
-            refined[(slice(None), *block)] = temper(smooth, forest[(slice(None), *crop)])
+            refined[(slice(None), *block)] = self.refinement.apply(
+                forest, self.source.read(grown), spacing, region=crop
+            )
         return refined
+
+    def _pseudo_labels(
+        self, refined: np.ndarray, round_: int, cache: _FeatureCache
+    ) -> tuple[np.ndarray, np.ndarray] | None:
+        """Features and class indices of this round's pseudo-labels; None if stopped or there are none.
+
+        Per class, the ``pseudo_labels`` unlabelled voxels of lowest hash priority among those
+        where the class is on top with a probability above ``pseudo_confidence``.
+        """
+        shape, limit = self.source.spatial_shape, self.pseudo_labels
+        best: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # class -> (priorities, positions)
+        for block in self._blocks():
+            if self._should_stop():
+                return None
+            block_map = refined[(slice(None), *block)].astype(np.float32)
+            top, confidence = block_map.argmax(axis=0), block_map.max(axis=0)
+            candidate = (confidence > self.pseudo_confidence) & (self.target.read(block) == IGNORE_INDEX)
+            for k in np.unique(top[candidate]):
+                local = np.flatnonzero(candidate & (top == k))
+                grid = np.unravel_index(local, top.shape)
+                where = np.ravel_multi_index(
+                    tuple(g + s.start for g, s in zip(grid, block, strict=True)), shape
+                )
+                priority = _hash_priority(where, self.seed * 1_000_003 + round_)
+                if int(k) in best:
+                    priority = np.concatenate([best[int(k)][0], priority])
+                    where = np.concatenate([best[int(k)][1], where])
+                if len(where) > limit:
+                    keep = np.argpartition(priority, limit - 1)[:limit]
+                    priority, where = priority[keep], where[keep]
+                best[int(k)] = (priority, where)
+        if not best:
+            return None
+        positions = np.concatenate([best[k][1] for k in sorted(best)])
+        classes = np.concatenate([np.full(len(best[k][1]), k, dtype=np.int64) for k in sorted(best)])
+        order = np.argsort(positions, kind="stable")  # in image order, as the user's labels
+        positions, classes = positions[order], classes[order]
+        tables, found = [], []
+        grid = np.unravel_index(positions, shape)
+        for block in self._blocks():
+            inside = np.ones(len(positions), dtype=bool)
+            for g, s in zip(grid, block, strict=True):
+                inside &= (g >= s.start) & (g < s.stop)
+            if not inside.any():
+                continue
+            if self._should_stop():
+                return None
+            features = cache.get(block)
+            local = tuple(g[inside] - s.start for g, s in zip(grid, block, strict=True))
+            tables.append(features[(slice(None), *local)].T)
+            found.append(np.flatnonzero(inside))
+        rows = np.concatenate(tables)[np.argsort(np.concatenate(found), kind="stable")]
+        return rows, classes
 
     def read(self, region: Sequence[slice]) -> np.ndarray:
         """Return the soft labels taught, ``(K, *region)`` float32: 0 outside the image or before a fit."""
