@@ -49,10 +49,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--self-training", type=int, default=0, metavar="R", help="also the teacher self-trained R rounds"
     )
+    parser.add_argument(
+        "--pseudo-draws",
+        type=int,
+        nargs="+",
+        default=[None],
+        metavar="D",
+        help="self-training with each of these ForestTeacher.pseudo_draws (default: its default)",
+    )
+    parser.add_argument(
+        "--forest-seeds",
+        type=int,
+        nargs="+",
+        metavar="S",
+        help="self-training with each of these forest seeds (default: the annotation's seed)",
+    )
+    parser.add_argument(
+        "--banks",
+        nargs="+",
+        choices=["preview", "ilastik"],
+        default=["preview"],
+        help="self-training with each filter bank: the teacher's (PREVIEW_FEATURES) or ilastik's",
+    )
     args = parser.parse_args(argv)
 
     import torch
 
+    from scribbleseg.core.features import FeatureSpec
     from scribbleseg.core.inference import probabilities_to_labels
     from scribbleseg.core.pixel_classifier import ForestTeacher, temper
     from scribbleseg.core.refine import NOISE_WIDTHS, MeanField
@@ -103,21 +126,30 @@ def main(argv: list[str] | None = None) -> int:
                 f"(confidence {refined.max(axis=0).mean():.3f} → {tempered.max(axis=0).mean():.3f})"
             )
         if args.self_training:
-            start = time.perf_counter()
-            trained = ForestTeacher(
-                source,
-                target,
-                seed=int(seed),
-                threads=args.threads,
-                refinement=trainer.teacher_refinement(),
-                self_training=args.self_training,
-            )
-            if trained.fit():
-                assert trained.soft_labels is not None
-                cells.append(
-                    f"self-trained {args.self_training} {dice(trained.soft_labels.astype(np.float32)):.3f} "
-                    f"({time.perf_counter() - start:.1f} s)"
-                )
+            for bank, draws in itertools.product(args.banks, args.pseudo_draws):
+                scores, start = [], time.perf_counter()
+                for forest_seed in args.forest_seeds or [int(seed)]:
+                    options = {} if draws is None else {"pseudo_draws": draws}
+                    trained = ForestTeacher(
+                        source,
+                        target,
+                        seed=forest_seed,
+                        threads=args.threads,
+                        refinement=trainer.teacher_refinement(),
+                        self_training=args.self_training,
+                        spec=FeatureSpec() if bank == "ilastik" else None,
+                        **options,
+                    )
+                    if trained.fit():
+                        assert trained.soft_labels is not None
+                        scores.append(dice(trained.soft_labels.astype(np.float32)))
+                if scores:
+                    each = ", ".join(f"{score:.3f}" for score in scores)
+                    seconds = (time.perf_counter() - start) / len(scores)
+                    cells.append(
+                        f"self-trained {args.self_training} {np.mean(scores):.3f} ({bank} bank, "
+                        f"{trained.pseudo_draws} draws; {each}; {seconds:.1f} s each)"
+                    )
         print(
             f"{args.dataset}/{spec}: forest {dice(forest):.3f} (confidence {forest.max(axis=0).mean():.3f}, "
             f"fit {fitted:.1f} s, refinement {seconds:.1f} s); " + "; ".join(cells),

@@ -247,7 +247,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="N",
         help="steps after which the network stands alone: the forest's weight hands over to the network "
-        "from 2/3 of N to N (default 1500 in 2D; in 3D none, the weight then falls over the teacher's "
+        "from 2/3 of N to N (default 900 in 2D; in 3D none, the weight then falls over the teacher's "
         f"{defaults.teacher_steps} steps)",
     )
     train.add_argument(

@@ -129,9 +129,9 @@ def test_the_network_takes_over_after_forest_blend_steps(blobs2d):
 
 
 def test_by_default_the_blend_hands_over_in_2d_only():
-    # docs/benchmarks.md: a 2D network is better alone after ~1700 CPU steps; a 3D one is not.
+    # docs/benchmarks.md: a 2D network is better alone after ~900 CPU steps; a 3D one is not.
     assert TrainConfig().forest_blend_steps is None
-    assert default_forest_blend_steps(2) == 1500
+    assert default_forest_blend_steps(2) == 900
     assert default_forest_blend_steps(3) is None
     with pytest.raises(ValueError, match="spatial_dims"):
         default_forest_blend_steps(4)

@@ -9,7 +9,7 @@ import torch
 from scribbleseg.core.annotations import labels_to_target
 from scribbleseg.core.losses import IGNORE_INDEX, teacher_cross_entropy
 from scribbleseg.core.metrics import dice_iou
-from scribbleseg.core.pixel_classifier import ForestTeacher, feature_preview, temper
+from scribbleseg.core.pixel_classifier import ForestTeacher, _block_features, feature_preview, temper
 from scribbleseg.core.refine import MeanField, estimate_noise
 from scribbleseg.core.volume import ImageSource
 
@@ -159,6 +159,32 @@ def test_self_training_refits_on_confident_voxels_and_still_teaches_a_tempered_m
     assert blocks.fit()
     agree = blocks.read(whole).argmax(axis=0) == soft.argmax(axis=0)
     assert agree.mean() > 0.99
+
+
+def test_self_training_draws_pseudo_labels_several_times_into_one_forest(blobs2d):
+    image, scribbles, truth = blobs2d
+    source, target = _setup(image, scribbles)
+    refinement = MeanField.for_noise(estimate_noise(source), spatial_dims=2)
+    kwargs = {"trees": 10, "seed": 3, "refinement": refinement, "self_training": 2}
+    one = ForestTeacher(source, target, pseudo_draws=1, **kwargs)
+    three = ForestTeacher(source, target, pseudo_draws=3, **kwargs)
+    assert one.fit() and three.fit()
+    # Sub-forests of 4, 3 and 3 trees, each on its own draw, merged into one forest of 10 trees.
+    assert len(three.forest.estimators_) == three.forest.n_estimators == 10
+    whole = tuple(slice(0, n) for n in source.spatial_shape)
+    assert not np.array_equal(three.read_forest(whole), one.read_forest(whole))
+    features = _block_features(source, three.spec, whole)
+    table = features.reshape(len(features), -1).T
+    trees = np.mean([tree.predict_proba(table) for tree in three.forest.estimators_], axis=0)
+    np.testing.assert_allclose(three.forest.predict_proba(table), trees, atol=1e-6)
+    forest = three.read_forest(whole).astype(np.float32)
+    np.testing.assert_allclose(forest.reshape(len(forest), -1).T, trees, atol=2e-3)  # float16 storage
+    dice = [dice_iou(t.read(whole).argmax(axis=0) + 1, truth)[2]["dice"] for t in (one, three)]
+    assert dice[1] > 0.8 and dice[1] >= dice[0] - 0.03
+    few = ForestTeacher(source, target, trees=2, seed=3, self_training=1, pseudo_draws=4)
+    assert few.fit() and few.forest.n_estimators == 2  # one draw per tree at most
+    with pytest.raises(ValueError, match="pseudo_draws"):
+        ForestTeacher(source, target, pseudo_draws=0)
 
 
 def test_self_training_without_a_refinement_and_a_stop_in_a_round(blobs2d):
