@@ -183,6 +183,9 @@ def test_self_training_draws_pseudo_labels_several_times_into_one_forest(blobs2d
     assert dice[1] > 0.8 and dice[1] >= dice[0] - 0.03
     few = ForestTeacher(source, target, trees=2, seed=3, self_training=1, pseudo_draws=4)
     assert few.fit() and few.forest.n_estimators == 2  # one draw per tree at most
+    # The draws' seeds stay in the range scikit-learn takes for the largest seed TrainConfig allows.
+    largest = ForestTeacher(source, target, trees=4, seed=2**31 - 1, self_training=1)
+    assert largest.fit() and largest.forest.n_estimators == 4
     with pytest.raises(ValueError, match="pseudo_draws"):
         ForestTeacher(source, target, pseudo_draws=0)
 

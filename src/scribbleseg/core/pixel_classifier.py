@@ -464,7 +464,7 @@ class ForestTeacher:
                 np.concatenate([table, rows]),
                 np.concatenate([values, pseudo_values.astype(values.dtype)]),
                 trees=self.trees // draws + (draw < self.trees % draws),
-                seed=self.seed if draws == 1 else self.seed * 1_000_003 + draw,
+                seed=self.seed if draws == 1 else (self.seed * 1_000_003 + draw) % 2**32,
             )
             if merged is None:
                 merged = forest
