@@ -145,10 +145,10 @@ def main(argv: list[str] | None = None) -> int:
                         scores.append(dice(trained.soft_labels.astype(np.float32)))
                 if scores:
                     each = ", ".join(f"{score:.3f}" for score in scores)
-                    seconds = (time.perf_counter() - start) / len(scores)
+                    per_fit = (time.perf_counter() - start) / len(scores)
                     cells.append(
                         f"self-trained {args.self_training} {np.mean(scores):.3f} ({bank} bank, "
-                        f"{trained.pseudo_draws} draws; {each}; {seconds:.1f} s each)"
+                        f"{trained.pseudo_draws} draws; {each}; {per_fit:.1f} s per fit)"
                     )
         print(
             f"{args.dataset}/{spec}: forest {dice(forest):.3f} (confidence {forest.max(axis=0).mean():.3f}, "

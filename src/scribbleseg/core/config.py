@@ -471,9 +471,9 @@ def default_teacher_self_training(spatial_dims: int) -> int:
     In 2D eight rounds take about 4 s on the 512² nuclei sample (2 CPU threads) and lift the
     refined teacher's Dice from five clicks per class by about 0.05, 0.81 to 0.86 over three
     annotations (``benchmarks/teacher_offline.py``, ``docs/benchmarks.md``). In 3D each round
-    would cost a whole-volume forest prediction (17–38 s per round on the MRI sample), and two
-    rounds moved the forest's Dice by at most 0.001 there (0.963 → 0.964 on sparse scribbles,
-    0.971 → 0.971 on dense; ``docs/benchmarks.md``), so none.
+    costs a whole-volume forest prediction (two rounds added about 6 s and 22 s to an 11–16 s fit
+    of the MRI sample) and two rounds moved the forest's Dice by at most 0.001 there (0.963 →
+    0.964 on sparse scribbles, 0.971 → 0.971 on dense; ``docs/benchmarks.md``), so none.
 
     Parameters
     ----------
