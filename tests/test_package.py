@@ -31,6 +31,40 @@ def test_import_does_not_load_torch_napari_or_qt():
     assert out.stdout.strip() == ""
 
 
+def test_training_and_prediction_in_memory_need_neither_dask_nor_zarr():
+    """The core (train, predict an array) runs where only torch, MONAI and scikit-learn are installed.
+
+    A GPU machine with PyTorch but without dask or zarr once failed every prediction: the blockwise
+    module imported the zarr reader at import time.
+    """
+    code = """
+import sys
+for name in ("dask", "zarr", "numcodecs", "napari", "qtpy"):
+    sys.modules[name] = None  # import fails as if not installed
+import numpy as np
+from scribbleseg.core.annotations import labels_to_target
+from scribbleseg.core.config import TrainConfig
+from scribbleseg.core.engine import Trainer
+from scribbleseg.core.inference import predict_probabilities, probabilities_to_labels
+from scribbleseg.core.volume import ImageSource
+image = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
+image[16:48, 16:48] += 3
+labels = np.zeros((64, 64), np.uint8)
+labels[30:34, 20:44] = 2
+labels[2:4, 2:60] = 1
+source, target = ImageSource(image), labels_to_target(labels)
+config = TrainConfig(steps=2, device="cpu", num_threads=1, patch_size=(32, 32))
+trainer = Trainer(source, target, train_config=config)
+for _ in trainer.run():
+    pass
+probabilities = predict_probabilities(trainer.model, source, device="cpu")
+print(probabilities_to_labels(probabilities, target.class_map.values).shape)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "(64, 64)"
+
+
 def test_public_api_is_lazy_but_complete():
     import scribbleseg
 

@@ -62,10 +62,8 @@ from scribbleseg.core.prevalence import reweight
 from scribbleseg.core.refine import grown_region
 from scribbleseg.core.volume import ImageSource, region_bounds
 from scribbleseg.errors import ConfigError, InputError, ScribbleSegError
-from scribbleseg.io.zarr import ATTRIBUTES_KEY
 
 __all__ = [
-    "ATTRIBUTES_KEY",
     "BlockwisePlan",
     "BlockwiseProgress",
     "BlockwiseResult",
@@ -607,6 +605,8 @@ class BlockwisePlan:
 def _is_complete(path: pathlib.Path) -> bool:
     import zarr
 
+    from scribbleseg.io.zarr import ATTRIBUTES_KEY
+
     try:
         attributes = zarr.open_array(str(path), mode="r").attrs.get(ATTRIBUTES_KEY)
     except Exception:
@@ -667,6 +667,8 @@ def _check_block_shape(
 def _our_attributes(path: pathlib.Path) -> Mapping[str, Any] | None:
     """Our attributes of the zarr array at ``path``; None if absent; raise if it is not ours."""
     import zarr
+
+    from scribbleseg.io.zarr import ATTRIBUTES_KEY
 
     if not path.exists() and not path.is_symlink():
         return None
@@ -948,6 +950,8 @@ def finish_prediction(plan: BlockwisePlan) -> None:
         If some blocks are not done.
     """
     import zarr
+
+    from scribbleseg.io.zarr import ATTRIBUTES_KEY
 
     if plan.is_complete():
         return
