@@ -53,6 +53,7 @@ from scribbleseg.core.config import REGULARIZED_WEIGHTS, LossConfig, ModelConfig
 from scribbleseg.core.engine import Trainer
 from scribbleseg.core.inference import (
     amp_dtype,
+    autocast_context,
     predict_probabilities,
     resolve_device,
 )
@@ -164,7 +165,10 @@ def _project_whole_patch(trainer: Trainer) -> None:
     def from_the_whole_patch(
         features: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        return sampled(trainer.model.projection_head(features), target, generator)
+        # Under autocast as in training: on a GPU the features are bf16 (the head's weights fp32).
+        with autocast_context(trainer.device, trainer._amp_dtype is not None):
+            projected = trainer.model.projection_head(features)
+        return sampled(projected, target, generator)
 
     trainer._sampled_embeddings = from_the_whole_patch  # type: ignore[method-assign]
 
