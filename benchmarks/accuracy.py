@@ -46,6 +46,13 @@ appended to a JSON-lines file as they come, so an interrupted run resumes where 
     python benchmarks/accuracy.py                                  # everything: about 13 h on 2 CPU threads
     python benchmarks/accuracy.py --datasets nuclei2d --seeds 0 --methods rf pce defaults dense
     python benchmarks/accuracy.py --report-only                    # tables and plot from saved results
+    python benchmarks/accuracy.py --device cuda --jobs 7           # the GPU table (budgets 10 and 30 s)
+    bash benchmarks/gpu_accuracy.sh                                # the GPU table with its ablation rows
+
+On ``--device cuda`` the networks train and predict on the GPU (the forest and the teacher still
+on ``--threads`` CPU threads); its results go to ``accuracy_gpu.jsonl``, its tables to their own
+block of ``docs/benchmarks.md`` and its plot to ``docs/accuracy_gpu.png``. ``--jobs N`` runs N
+runs at once, each in its own process (they share the GPU); ``--stop-after`` bounds the whole.
 
 Output: the tables between ``<!-- accuracy:start -->`` and ``<!-- accuracy:end -->`` in
 ``docs/benchmarks.md`` (``--markdown``) and a plot of Dice against the time budget (``--plot``).
@@ -59,6 +66,7 @@ import os
 import statistics
 import sys
 import time
+import traceback
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import replace
@@ -105,6 +113,13 @@ LABELS = {
     "dense": "dense labels (upper bound)",
 }
 MARKERS = ("<!-- accuracy:start -->", "<!-- accuracy:end -->")
+GPU_MARKERS = ("<!-- accuracy-gpu:start -->", "<!-- accuracy-gpu:end -->")
+
+
+def hardware_of(results: Mapping[str, Mapping[str, Any]]) -> str:
+    """What the network runs in ``results`` trained on (records before ``--device``: 2 CPU threads)."""
+    seen = sorted({r.get("hardware", "2 CPU threads") for r in results.values() if r["method"] != "rf"})
+    return " / ".join(seen) if seen else "2 CPU threads"
 
 
 # ----------------------------------------------------------------------------- annotations
@@ -169,11 +184,11 @@ def loss_for(method: str) -> Any:
     return default
 
 
-def train_for(method: str, *, seed: int, threads: int) -> Any:
+def train_for(method: str, *, seed: int, threads: int, device: str = "cpu") -> Any:
     """The training configuration of ``method``: averaging and forest blend only for the defaults."""
     from scribbleseg.core.config import TrainConfig
 
-    config = TrainConfig(seed=seed, device="cpu", num_threads=threads)
+    config = TrainConfig(seed=seed, device=device, num_threads=threads)
     if method == "defaults":
         return config
     if method == "prevalence":
@@ -194,11 +209,12 @@ def build_trainer(
     *,
     seed: int,
     threads: int,
+    device: str = "cpu",
     model: Mapping[str, Any] | None = None,
     loss: Mapping[str, Any] | None = None,
     **train: Any,
 ) -> tuple[Any, Any, Any]:
-    """``(source, target, trainer)`` of ``method`` on ``labels``, on ``threads`` CPU threads.
+    """``(source, target, trainer)`` of ``method`` on ``labels``, on ``threads`` CPU threads and ``device``.
 
     ``train`` overrides fields of :func:`train_for`'s configuration (e.g. ``time_budget``),
     ``loss`` fields of :func:`loss_for`'s and ``model`` fields of ``ModelConfig()``
@@ -214,7 +230,7 @@ def build_trainer(
     torch.set_num_threads(threads)
     source = ImageSource(sample.image, spacing=sample.spacing)
     target = labels_to_target(labels, spacing=sample.spacing, background=sample.background_class)
-    config = replace(train_for(method, seed=seed, threads=threads), **train)
+    config = replace(train_for(method, seed=seed, threads=threads, device=device), **train)
     trainer = Trainer(
         source,
         target,
@@ -233,6 +249,7 @@ def run_network(
     seed: int,
     budgets: list[float],
     threads: int,
+    device: str = "cpu",
     **overrides: Any,
 ) -> dict[str, Any]:
     """Train ``method`` up to each of ``budgets`` seconds and score its whole-image prediction.
@@ -241,25 +258,28 @@ def run_network(
     """
     from scribbleseg.core.inference import predict_probabilities, probabilities_to_labels
 
-    source, target, trainer = build_trainer(sample, labels, method, seed=seed, threads=threads, **overrides)
+    source, target, trainer = build_trainer(
+        sample, labels, method, seed=seed, threads=threads, device=device, **overrides
+    )
     dice: dict[str, float] = {}
     unrefined: dict[str, float] = {}
     kept: dict[str, float] = {}
     steps: dict[str, int] = {}
     trained = 0.0
     for budget in sorted(budgets):
-        trainer.train_config = replace(trainer.train_config, time_budget=budget - trained)
+        # The end of a run (batch-norm re-estimation) can take the clock past the next budget.
+        trainer.train_config = replace(trainer.train_config, time_budget=max(budget - trained, 1e-6))
         for update in trainer.run():
             if update.done:
                 trained += update.elapsed
-        probabilities = predict_probabilities(trainer.model, source, device="cpu")
+        probabilities = predict_probabilities(trainer.model, source, device=device)
         prediction = probabilities_to_labels(probabilities, target.class_map.values)
         dice[f"{budget:g}"] = foreground_dice(prediction, sample)
         steps[f"{budget:g}"] = trainer.step
         refinement = trainer.model.refinement
         if method == "defaults" and refinement is not None:
             trainer.model.refinement = None
-            probabilities = predict_probabilities(trainer.model, source, device="cpu")
+            probabilities = predict_probabilities(trainer.model, source, device=device)
             prediction = probabilities_to_labels(probabilities, target.class_map.values)
             unrefined[f"{budget:g}"] = foreground_dice(prediction, sample)
             trainer.model.refinement = refinement
@@ -268,7 +288,7 @@ def run_network(
             config = trainer.train_config
             trainer.train_config = replace(config, forest_blend_steps=10**9)
             trainer._attach_forest()  # the blend of this step under that schedule
-            probabilities = predict_probabilities(trainer.model, source, device="cpu")
+            probabilities = predict_probabilities(trainer.model, source, device=device)
             prediction = probabilities_to_labels(probabilities, target.class_map.values)
             kept[f"{budget:g}"] = foreground_dice(prediction, sample)
             trainer.train_config = config
@@ -280,6 +300,121 @@ def run_network(
     if kept:
         outcome["dice_nohandover"] = kept
     return outcome
+
+
+# ----------------------------------------------------------------------------- running
+MUST_SHOW_METHODS = ("rf", "pce", "defaults", "dense")
+_SAMPLES: dict[str, Any] = {}
+
+
+def run_job(job: tuple[str, str, str, int], options: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Run one ``(dataset, annotation, method, seed)``: its record, then the records derived from it.
+
+    ``options``: ``budgets``, ``threads``, ``device`` and ``hardware`` (a description kept in the
+    record). Samples are loaded once per process.
+    """
+    from scribbleseg.samples import load_sample
+
+    dataset, annotation, method, seed = job
+    if dataset not in _SAMPLES:
+        _SAMPLES[dataset] = load_sample(dataset)
+    sample = _SAMPLES[dataset]
+    kind, _, density = annotation.partition("/")
+    labels = annotate(sample, kind, density, seed)
+    started = time.perf_counter()
+    if method == "rf":
+        outcome = run_rf(sample, labels, seed=seed, threads=options["threads"])
+    else:
+        outcome = run_network(
+            sample,
+            labels,
+            method,
+            seed=seed,
+            budgets=options["budgets"],
+            threads=options["threads"],
+            device=options["device"],
+        )
+    record = {
+        "key": run_key(dataset, annotation, method, seed),
+        "dataset": dataset,
+        "annotation": annotation,
+        "method": method,
+        "seed": seed,
+        "labelled_percent": 100.0 * float(np.mean(labels > 0)),
+        "threads": options["threads"],
+        "hardware": options["hardware"],
+        "wall": time.perf_counter() - started,
+        **outcome,
+    }
+    derived = []
+    if "dice_norefine" in record:
+        unrefined = record.pop("dice_norefine")
+        derived.append(
+            record
+            | {
+                "key": run_key(dataset, annotation, "norefine", seed),
+                "method": "norefine",
+                "dice": unrefined,
+                "refinement": None,
+                "derived_from": record["key"],
+            }
+        )
+    if "dice_nohandover" in record:
+        derived.append(
+            record
+            | {
+                "key": run_key(dataset, annotation, "nohandover", seed),
+                "method": "nohandover",
+                "dice": record.pop("dice_nohandover"),
+                "derived_from": record["key"],
+            }
+        )
+    return [record, *derived]
+
+
+def run_jobs(
+    todo: list[tuple[str, str, str, int]],
+    options: Mapping[str, Any],
+    jobs: int = 1,
+    stop_after: float | None = None,
+) -> Iterable[list[dict[str, Any]]]:
+    """The entries of every job in ``todo``, as each finishes.
+
+    ``jobs`` > 1 runs that many at once, each in its own process with ``options["threads"]`` CPU
+    threads (on a GPU they share it). ``stop_after`` seconds: no job starts after that; the ones
+    running finish.
+    """
+    started = time.perf_counter()
+
+    def may_start() -> bool:
+        return stop_after is None or time.perf_counter() - started < stop_after
+
+    if jobs <= 1:
+        for job in todo:
+            if not may_start():
+                print(f"--stop-after {stop_after:g} s: {len(todo)} jobs not all started", flush=True)
+                return
+            yield run_job(job, options)
+        return
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+
+    queue = list(reversed(todo))
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        running = set()
+        while queue or running:
+            while queue and len(running) < jobs and may_start():
+                running.add(pool.submit(run_job, queue.pop(), options))
+            if not running:
+                print(f"--stop-after {stop_after:g} s: {len(queue)} jobs not started", flush=True)
+                return
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                try:
+                    yield future.result()
+                except Exception:  # one failed run does not end the others
+                    traceback.print_exc()
+                    print("a run failed (above); the others go on", flush=True)
 
 
 # ----------------------------------------------------------------------------- bookkeeping
@@ -341,14 +476,16 @@ def values_at(records: list[dict[str, Any]], budget: str) -> list[float]:
 
 def report(results: dict[str, dict[str, Any]], budgets: list[str]) -> str:
     """Markdown: one table per data set and annotation, then the must-show summary."""
+    hardware = hardware_of(results)
     by_cell: dict[tuple[str, str, str], list[dict[str, Any]]] = defaultdict(list)
     for record in results.values():
         by_cell[(record["dataset"], record["annotation"], record["method"])].append(record)
     datasets = [d for d in DATASETS if any(k[0] == d for k in by_cell)]
     lines = [
         "Mean foreground Dice of the whole-image prediction (mean ± sd over seeds; each seed draws its "
-        "own annotation and trains its own network). Budgets are seconds of training on 2 CPU threads; "
-        "the random forest's column is its whole time (features + fit + prediction).",
+        "own annotation and trains its own network). Budgets are seconds of training on "
+        f"{hardware}; the random forest's column is its whole time (features + fit + prediction) on "
+        "the same CPU threads.",
         "",
     ]
     summary = [
@@ -448,7 +585,7 @@ def plot(results: dict[str, dict[str, Any]], budgets: list[str], path: Path) -> 
             )
             handles.setdefault(method, line)
         ax.set_title(f"{dataset}, {annotation}", fontsize=9)
-        ax.set_xlabel("training budget (s, 2 CPU threads)", fontsize=8)
+        ax.set_xlabel(f"training budget (s, {hardware_of(results)})", fontsize=7)
         ax.set_ylabel("foreground Dice", fontsize=8)
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels) :]:
@@ -459,14 +596,16 @@ def plot(results: dict[str, dict[str, Any]], budgets: list[str], path: Path) -> 
     figure.savefig(path, dpi=110)
 
 
-def write_markdown(path: Path, text: str) -> None:
+def write_markdown(
+    path: Path, text: str, markers: tuple[str, str] = MARKERS, title: str = "Accuracy"
+) -> None:
     old = path.read_text() if path.exists() else ""
-    start, end = MARKERS
+    start, end = markers
     block = f"{start}\n{text}{end}"
     if start in old and end in old:
         new = old[: old.index(start)] + block + old[old.index(end) + len(end) :]
     else:
-        new = old.rstrip() + "\n\n## Accuracy (`benchmarks/accuracy.py`)\n\n" + block + "\n"
+        new = old.rstrip() + f"\n\n## {title} (`benchmarks/accuracy.py`)\n\n" + block + "\n"
     path.write_text(new)
 
 
@@ -483,21 +622,59 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--densities", nargs="+", default=list(DENSITIES), choices=list(DENSITIES))
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
-    parser.add_argument("--budgets", nargs="+", type=float, default=[60.0, 180.0], help="seconds of training")
+    parser.add_argument(
+        "--device",
+        choices=("cpu", "cuda"),
+        default="cpu",
+        help="where the networks train and predict (the forest always runs on the CPU threads); "
+        "cuda: the GPU table, with its own defaults for --budgets, --results, --plot and its own "
+        "block in docs/benchmarks.md",
+    )
+    parser.add_argument(
+        "--budgets", nargs="+", type=float, help="seconds of training (default 60 180 on cpu, 10 30 on cuda)"
+    )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads for every method")
-    parser.add_argument("--results", type=Path, default=ROOT / "benchmarks" / "results" / "accuracy.jsonl")
+    parser.add_argument(
+        "--jobs",
+        type=int,
+        default=1,
+        help="runs at once, each in its own process on --threads threads (sharing the GPU on cuda); "
+        "with more than one, the runs of rf, pce, defaults and dense go first, seed by seed",
+    )
+    parser.add_argument(
+        "--stop-after", type=float, help="start no run after this many seconds (the ones running finish)"
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        help="JSON-lines results (default benchmarks/results/accuracy.jsonl, accuracy_gpu.jsonl on cuda)",
+    )
     parser.add_argument("--rerun", action="store_true", help="run again what the results file already has")
     parser.add_argument("--report-only", action="store_true", help="only write the tables and the plot")
     parser.add_argument(
         "--markdown", type=_path_or_none, default=ROOT / "docs" / "benchmarks.md", help="'' = do not write"
     )
     parser.add_argument(
-        "--plot", type=_path_or_none, default=ROOT / "docs" / "accuracy.png", help="'' = no plot"
+        "--plot",
+        type=_path_or_none,
+        help="'' = no plot (default docs/accuracy.png, docs/accuracy_gpu.png on cuda)",
     )
     args = parser.parse_args(argv)
+    gpu = args.device == "cuda"
+    if args.budgets is None:
+        args.budgets = [10.0, 30.0] if gpu else [60.0, 180.0]
+    if args.results is None:
+        args.results = ROOT / "benchmarks" / "results" / ("accuracy_gpu.jsonl" if gpu else "accuracy.jsonl")
+    if args.plot is None:
+        args.plot = ROOT / "docs" / ("accuracy_gpu.png" if gpu else "accuracy.png")
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    hardware = f"{args.threads} CPU threads"
+    if gpu and not args.report_only:
+        import torch
 
-    from scribbleseg.samples import load_sample
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: torch sees no CUDA device here")
+        hardware = f"one {torch.cuda.get_device_name()} and {args.threads} CPU threads"
 
     args.results.parent.mkdir(parents=True, exist_ok=True)
     results = load_results(args.results)
@@ -505,62 +682,29 @@ def main(argv: list[str] | None = None) -> int:
     if not args.report_only:
         todo = [job for job in plan(args) if args.rerun or run_key(*job) not in results]
         print(f"{len(todo)} runs to do ({len(results)} already in {args.results})", flush=True)
-        samples = {}
-        for i, (dataset, annotation, method, seed) in enumerate(todo, 1):
-            sample = samples.setdefault(dataset, load_sample(dataset))
-            kind, _, density = annotation.partition("/")
-            labels = annotate(sample, kind, density, seed)
-            started = time.perf_counter()
-            if method == "rf":
-                outcome = run_rf(sample, labels, seed=seed, threads=args.threads)
-            else:
-                outcome = run_network(
-                    sample, labels, method, seed=seed, budgets=args.budgets, threads=args.threads
-                )
-            record = {
-                "key": run_key(dataset, annotation, method, seed),
-                "dataset": dataset,
-                "annotation": annotation,
-                "method": method,
-                "seed": seed,
-                "labelled_percent": 100.0 * float(np.mean(labels > 0)),
-                "threads": args.threads,
-                "wall": time.perf_counter() - started,
-                **outcome,
-            }
-            derived = []
-            if "dice_norefine" in record:
-                unrefined = record.pop("dice_norefine")
-                derived.append(
-                    record
-                    | {
-                        "key": run_key(dataset, annotation, "norefine", seed),
-                        "method": "norefine",
-                        "dice": unrefined,
-                        "refinement": None,
-                        "derived_from": record["key"],
-                    }
-                )
-            if "dice_nohandover" in record:
-                derived.append(
-                    record
-                    | {
-                        "key": run_key(dataset, annotation, "nohandover", seed),
-                        "method": "nohandover",
-                        "dice": record.pop("dice_nohandover"),
-                        "derived_from": record["key"],
-                    }
-                )
-            for entry in (record, *derived):
+        options = {
+            "budgets": args.budgets,
+            "threads": args.threads,
+            "device": args.device,
+            "hardware": hardware,
+        }
+        if args.jobs > 1:
+            todo.sort(key=lambda job: (job[2] not in MUST_SHOW_METHODS, job[3]))
+        for i, entries in enumerate(run_jobs(todo, options, args.jobs, args.stop_after), 1):
+            for entry in entries:
                 results[entry["key"]] = entry
                 with args.results.open("a") as f:
                     f.write(json.dumps(entry) + "\n")
+            record = entries[0]
             dice = ", ".join(f"{k}: {v:.3f}" for k, v in record["dice"].items())
             print(f"[{i}/{len(todo)}] {record['key']}: Dice {dice} ({record['wall']:.0f} s)", flush=True)
     text = report(results, budgets)
     print(text)
     if args.markdown:
-        write_markdown(args.markdown, text)
+        if gpu:
+            write_markdown(args.markdown, text, GPU_MARKERS, "Accuracy on a GPU")
+        else:
+            write_markdown(args.markdown, text)
     if args.plot:
         plot(results, budgets, args.plot)
         print(f"plot: {args.plot}")
