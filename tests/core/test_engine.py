@@ -218,6 +218,29 @@ def test_out_of_memory_retries_smaller_then_falls_back_to_cpu(blobs2d):
     assert trainer.step == 0
 
 
+@pytest.mark.parametrize("fixture", ["blobs2d", "blobs3d"])
+def test_every_loss_term_and_the_prediction_run_under_bf16_autocast_as_on_a_gpu(
+    fixture, request, monkeypatch
+):
+    """CI has no GPU: bf16 autocast, what CUDA training uses, is forced on the CPU instead.
+
+    Once a helper ran the projection head outside autocast on bf16 features, which only a GPU showed.
+    """
+    import scribbleseg.core.inference as inference
+
+    monkeypatch.setattr(inference, "amp_dtype", lambda device, enabled: torch.bfloat16 if enabled else None)
+    image, scribbles, _ = request.getfixturevalue(fixture)
+    channels = {"channel_axis": 0} if fixture == "blobs3d" else {}
+    trainer = _trainer(image, scribbles, steps=3, forest_blend=0.7, **channels)  # the forest blend too
+    trainer._amp_dtype = torch.bfloat16  # as the trainer sets it on CUDA
+    updates = list(trainer.run())
+    assert updates[-1].done and trainer.step == 3
+    assert set(updates[-1].terms) == {"pce", "contrastive", "crf", "dynamic_crf"}
+    assert all(np.isfinite(u.loss) for u in updates)
+    probabilities = predict_probabilities(trainer.model, trainer.source, device="cpu")
+    assert probabilities.dtype == np.float32 and np.isfinite(probabilities).all()
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_out_of_memory_on_the_gpu_continues_on_the_cpu(blobs2d):
