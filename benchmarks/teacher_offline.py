@@ -16,6 +16,8 @@ R rounds of pseudo-labels, ``ForestTeacher.self_training``) and prints its soft 
     python benchmarks/teacher_offline.py mri3d --widths 2 --weights 1        # about 9 min
     python benchmarks/teacher_offline.py nuclei2d --sets scribbles/sparse/0 points/sparse/0
     python benchmarks/teacher_offline.py nuclei2d --widths 2 --weights 1 --self-training 8
+    python benchmarks/teacher_offline.py nuclei2d --widths 2 --weights 1 --self-training 8 \
+        --pseudo-boundary 0 2 3 4                                 # where the pseudo-labels are drawn
 """
 
 from __future__ import annotations
@@ -48,6 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--self-training", type=int, default=0, metavar="R", help="also the teacher self-trained R rounds"
+    )
+    parser.add_argument(
+        "--pseudo-boundary",
+        type=float,
+        nargs="+",
+        metavar="W",
+        help="self-training with each of these ForestTeacher.pseudo_boundary (default: the trainer's, "
+        "LossConfig.teacher_pseudo_boundary; 0 = pseudo-labels spread evenly)",
     )
     parser.add_argument(
         "--pseudo-draws",
@@ -126,10 +136,13 @@ def main(argv: list[str] | None = None) -> int:
                 f"(confidence {refined.max(axis=0).mean():.3f} → {tempered.max(axis=0).mean():.3f})"
             )
         if args.self_training:
-            for bank, draws in itertools.product(args.banks, args.pseudo_draws):
+            boundaries = args.pseudo_boundary or [trainer.loss_config.teacher_pseudo_boundary]
+            for bank, draws, boundary in itertools.product(args.banks, args.pseudo_draws, boundaries):
                 scores, start = [], time.perf_counter()
                 for forest_seed in args.forest_seeds or [int(seed)]:
-                    options = {} if draws is None else {"pseudo_draws": draws}
+                    options = {"pseudo_boundary": boundary}
+                    if draws is not None:
+                        options["pseudo_draws"] = draws
                     trained = ForestTeacher(
                         source,
                         target,
@@ -148,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
                     per_fit = (time.perf_counter() - start) / len(scores)
                     cells.append(
                         f"self-trained {args.self_training} {np.mean(scores):.3f} ({bank} bank, "
-                        f"{trained.pseudo_draws} draws; {each}; {per_fit:.1f} s per fit)"
+                        f"{trained.pseudo_draws} draws, boundary {boundary:g}; {each}; "
+                        f"{per_fit:.1f} s per fit)"
                     )
         print(
             f"{args.dataset}/{spec}: forest {dice(forest):.3f} (confidence {forest.max(axis=0).mean():.3f}, "

@@ -225,6 +225,14 @@ def build_parser() -> argparse.ArgumentParser:
         "refined map and refined again (0 = none; default 8 in 2D, 0 in 3D)",
     )
     train.add_argument(
+        "--teacher-pseudo-boundary",
+        type=_non_negative,
+        default=LossConfig.teacher_pseudo_boundary,
+        metavar="W",
+        help="the self-training draws its pseudo-labels mostly within about W voxels of the class "
+        f"boundaries of the teacher's map (0 = evenly; default {LossConfig.teacher_pseudo_boundary:g})",
+    )
+    train.add_argument(
         "--weight-average",
         type=_decay,
         default=TrainConfig.weight_average,
@@ -455,6 +463,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         teacher_weight=args.teacher_weight,
         teacher_refinement=args.teacher_refinement,
         teacher_self_training=args.teacher_self_training,
+        teacher_pseudo_boundary=args.teacher_pseudo_boundary,
     )
     target = labels_to_target(
         labels,

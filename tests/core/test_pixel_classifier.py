@@ -190,6 +190,43 @@ def test_self_training_draws_pseudo_labels_several_times_into_one_forest(blobs2d
         ForestTeacher(source, target, pseudo_draws=0)
 
 
+def test_pseudo_labels_near_the_boundary_when_asked(blobs2d):
+    from scipy import ndimage
+
+    from scribbleseg.core.pixel_classifier import _FeatureCache
+
+    image, scribbles, truth = blobs2d
+    source, target = _setup(image, scribbles)
+    refinement = MeanField.for_noise(estimate_noise(source), spatial_dims=2)
+    kwargs = {"trees": 10, "seed": 3, "refinement": refinement, "self_training": 2, "pseudo_labels": 40}
+    even = ForestTeacher(source, target, pseudo_boundary=0.0, **kwargs)
+    near = ForestTeacher(source, target, pseudo_boundary=2.0, **kwargs)
+    assert even.fit() and near.fit()
+    refined = even.read(tuple(slice(0, n) for n in source.spatial_shape))
+    top = refined.argmax(axis=0)
+    distance = np.where(
+        top == 1, ndimage.distance_transform_edt(top == 1), ndimage.distance_transform_edt(top == 0)
+    )
+
+    # The pseudo-labels' positions are not returned; read them back from their features.
+    features = _block_features(source, even.spec, tuple(slice(0, n) for n in source.spatial_shape))
+    table = features.reshape(len(features), -1).T
+    lookup = {row.tobytes(): i for i, row in enumerate(table)}
+
+    def distances(teacher: ForestTeacher) -> np.ndarray:
+        rows, classes = teacher._pseudo_labels(refined, 1, _FeatureCache(teacher, whole=True))
+        assert len(rows) == len(classes) <= 2 * 40  # at most pseudo_labels per class
+        where = [lookup[row.tobytes()] for row in rows.astype(table.dtype)]
+        return distance.ravel()[where]
+
+    assert np.median(distances(near)) < np.median(distances(even))
+    assert np.median(distances(near)) <= 3.0
+    soft = near.read(tuple(slice(0, n) for n in source.spatial_shape))
+    assert dice_iou(soft.argmax(axis=0) + 1, truth)[2]["dice"] > 0.8
+    with pytest.raises(ValueError, match="pseudo_boundary"):
+        ForestTeacher(source, target, pseudo_boundary=-1.0)
+
+
 def test_self_training_without_a_refinement_and_a_stop_in_a_round(blobs2d):
     image, scribbles, _ = blobs2d
     source, target = _setup(image, scribbles)

@@ -713,6 +713,7 @@ class Trainer:
             # Blend only (no teacher loss): the raw forest.
             refinement=self.teacher_refinement() if cfg.teacher_weight > 0 else None,
             self_training=self.teacher_self_training() if cfg.teacher_weight > 0 else 0,
+            pseudo_boundary=cfg.teacher_pseudo_boundary,
         )
         if not teacher.available:
             self._teacher_failed = True  # too large: no teacher for this image

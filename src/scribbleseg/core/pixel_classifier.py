@@ -17,11 +17,13 @@ mixed into its predictions (:class:`ForestBlend`) with a weight that falls as th
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+from scipy import ndimage
 
 from scribbleseg.core.annotations import IGNORE_INDEX, SparseTarget
 from scribbleseg.core.features import FeatureSpec, filter_bank, filter_halo
@@ -278,6 +280,16 @@ class ForestTeacher:
         user's labels keep their weight), and less noisy than 100.
     pseudo_confidence : float
         A voxel is a pseudo-label of its top class where that class's probability is above this.
+    pseudo_boundary : float
+        Draw the pseudo-labels mostly near the map's class boundaries: a confident voxel at
+        distance ``d`` (in units of the finest voxel spacing, within its block) from the nearest
+        voxel of another top class is drawn with relative intensity ``exp(-d / pseudo_boundary)``
+        (a weighted draw without replacement, ordered by the hash of its position as before).
+        The forest then learns where the boundary lies rather than what the interiors look
+        like, which clicks already tell it. On the nuclei sample from five or twenty clicks per
+        class (4, the trainer's default ``LossConfig.teacher_pseudo_boundary``) it lifted the
+        self-trained soft labels' mean Dice by about 0.03 and 0.05 (``docs/benchmarks.md``).
+        0 (the default here) = an even spread over the confident voxels.
     pseudo_draws : int
         Independent draws of pseudo-labels per round (at most one per tree), each fitting
         ``trees / pseudo_draws`` of the trees (with the user's labels); the round's forest is all
@@ -308,6 +320,7 @@ class ForestTeacher:
         pseudo_labels: int = 300,
         pseudo_confidence: float = 0.9,
         pseudo_draws: int = 4,
+        pseudo_boundary: float = 0.0,
         cache_bytes: int = 2**29,
     ) -> None:
         if (
@@ -315,11 +328,12 @@ class ForestTeacher:
             or int(pseudo_labels) < 1
             or not 0.0 <= float(pseudo_confidence) < 1.0
             or int(pseudo_draws) < 1
+            or not (math.isfinite(float(pseudo_boundary)) and float(pseudo_boundary) >= 0)
         ):
             raise ValueError(
-                "self_training must be >= 0, pseudo_labels >= 1, pseudo_confidence in [0, 1) and "
-                f"pseudo_draws >= 1, got {self_training}, {pseudo_labels}, {pseudo_confidence}, "
-                f"{pseudo_draws}"
+                "self_training must be >= 0, pseudo_labels >= 1, pseudo_confidence in [0, 1), "
+                f"pseudo_draws >= 1 and pseudo_boundary a finite number >= 0, got {self_training}, "
+                f"{pseudo_labels}, {pseudo_confidence}, {pseudo_draws}, {pseudo_boundary}"
             )
         self.source = source
         self.target = target
@@ -334,6 +348,7 @@ class ForestTeacher:
         self.self_training, self.pseudo_labels = int(self_training), int(pseudo_labels)
         self.pseudo_confidence, self.cache_bytes = float(pseudo_confidence), int(cache_bytes)
         self.pseudo_draws = int(pseudo_draws)
+        self.pseudo_boundary = float(pseudo_boundary)
         self.probabilities: np.ndarray | None = None  # (K, *shape) float16 once fitted
         #: The soft labels taught: :attr:`probabilities` refined and tempered (``refinement``), or
         #: the same array.
@@ -517,9 +532,12 @@ class ForestTeacher:
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """Features and class indices of this round's pseudo-labels; None if stopped or there are none.
 
-        Per class, the ``pseudo_labels`` unlabelled voxels of lowest hash priority among those
-        where the class is on top with a probability above ``pseudo_confidence``.
+        Per class, the ``pseudo_labels`` unlabelled voxels of lowest priority among those where
+        the class is on top with a probability above ``pseudo_confidence``: the hash of their
+        position, or with ``pseudo_boundary`` a weighted draw favouring voxels near the class's
+        boundary in the map (``-log(u) * exp(d / pseudo_boundary)``, ``u`` uniform from the hash).
         """
+        unit = min(self.source.spacing)
         shape, limit = self.source.spatial_shape, self.pseudo_labels
         best: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # class -> (priorities, positions)
         for block in self._blocks():
@@ -535,6 +553,11 @@ class ForestTeacher:
                     tuple(g + s.start for g, s in zip(grid, block, strict=True)), shape
                 )
                 priority = _hash_priority(where, self.seed * 1_000_003 + round_)
+                if self.pseudo_boundary > 0:
+                    inside = ndimage.distance_transform_edt(top == k, sampling=self.source.spacing)
+                    uniform = ((priority >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
+                    distance = inside.ravel()[local] / unit
+                    priority = -np.log(uniform) * np.exp(distance / self.pseudo_boundary)
                 if int(k) in best:
                     priority = np.concatenate([best[int(k)][0], priority])
                     where = np.concatenate([best[int(k)][1], where])
