@@ -656,7 +656,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--plot",
-        type=_path_or_none,
         help="'' = no plot (default docs/accuracy.png, docs/accuracy_gpu.png on cuda)",
     )
     args = parser.parse_args(argv)
@@ -665,8 +664,9 @@ def main(argv: list[str] | None = None) -> int:
         args.budgets = [10.0, 30.0] if gpu else [60.0, 180.0]
     if args.results is None:
         args.results = ROOT / "benchmarks" / "results" / ("accuracy_gpu.jsonl" if gpu else "accuracy.jsonl")
-    if args.plot is None:
+    if args.plot is None:  # not given ('' = no plot)
         args.plot = ROOT / "docs" / ("accuracy_gpu.png" if gpu else "accuracy.png")
+    args.plot = _path_or_none(str(args.plot))
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
     hardware = f"{args.threads} CPU threads"
     if gpu and not args.report_only:

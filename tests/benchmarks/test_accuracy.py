@@ -50,10 +50,13 @@ def test_parallel_runs_write_every_record_once_and_the_report(tmp_path):
     assert accuracy.GPU_MARKERS[0] not in text
 
 
-def test_stop_after_starts_no_more_runs(tmp_path, capsys):
+def test_stop_after_starts_no_more_runs_and_empty_paths_write_nothing(tmp_path, capsys):
     results = tmp_path / "results.jsonl"
+    plot = accuracy.ROOT / "docs" / "accuracy.png"
+    before = plot.stat().st_mtime_ns if plot.exists() else None
     argv = [*ONE_SET, "--methods", "rf", "--seeds", "0", "1", "2", "--stop-after", "0.001"]
     assert accuracy.main([*argv, "--results", str(results), "--markdown", "", "--plot", ""]) == 0
+    assert (plot.stat().st_mtime_ns if plot.exists() else None) == before  # '' = no plot
     assert len(_records(results)) <= 1  # the first may start before the clock runs out
     assert "--stop-after" in capsys.readouterr().out
 
