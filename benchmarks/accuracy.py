@@ -390,9 +390,9 @@ def run_jobs(
         return stop_after is None or time.perf_counter() - started < stop_after
 
     if jobs <= 1:
-        for job in todo:
+        for i, job in enumerate(todo):
             if not may_start():
-                print(f"--stop-after {stop_after:g} s: {len(todo)} jobs not all started", flush=True)
+                print(f"--stop-after {stop_after:g} s: {len(todo) - i} jobs not started", flush=True)
                 return
             yield run_job(job, options)
         return

@@ -469,9 +469,11 @@ class ForestTeacher:
         stopped or nothing is confident.
         """
         draws = min(self.pseudo_draws, self.trees)
+        distance = self._boundary_distance(refined)  # one map for all the round's draws
         merged = None
         for draw in range(draws):
-            pseudo = self._pseudo_labels(refined, round_ * draws + draw if draws > 1 else round_, cache)
+            salt = round_ * draws + draw if draws > 1 else round_
+            pseudo = self._pseudo_labels(refined, salt, cache, distance)
             if pseudo is None:
                 return None
             rows, pseudo_values = pseudo
@@ -527,17 +529,37 @@ class ForestTeacher:
             )
         return refined
 
+    def _boundary_distance(self, refined: np.ndarray) -> np.ndarray | None:
+        """Distance of each voxel to the nearest voxel of another top class in ``refined``.
+
+        In units of the finest voxel spacing, measured within each block; None without
+        ``pseudo_boundary`` (the even draw needs none).
+        """
+        if self.pseudo_boundary <= 0:
+            return None
+        unit = min(self.source.spacing)
+        distance = np.empty(self.source.spatial_shape, dtype=np.float32)
+        for block in self._blocks():
+            top = refined[(slice(None), *block)].argmax(axis=0)
+            inside = distance[block]
+            for k in np.unique(top):
+                mask = top == k
+                inside[mask] = ndimage.distance_transform_edt(mask, sampling=self.source.spacing)[mask] / unit
+        return distance
+
     def _pseudo_labels(
-        self, refined: np.ndarray, round_: int, cache: _FeatureCache
+        self, refined: np.ndarray, round_: int, cache: _FeatureCache, distance: np.ndarray | None = None
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """Features and class indices of this round's pseudo-labels; None if stopped or there are none.
 
         Per class, the ``pseudo_labels`` unlabelled voxels of lowest priority among those where
         the class is on top with a probability above ``pseudo_confidence``: the hash of their
         position, or with ``pseudo_boundary`` a weighted draw favouring voxels near the class's
-        boundary in the map (``-log(u) * exp(d / pseudo_boundary)``, ``u`` uniform from the hash).
+        boundary in the map (``-log(u) * exp(d / pseudo_boundary)``, ``u`` uniform from the hash;
+        ``d`` from ``distance``, :meth:`_boundary_distance` of ``refined`` when not given).
         """
-        unit = min(self.source.spacing)
+        if distance is None:
+            distance = self._boundary_distance(refined)
         shape, limit = self.source.spatial_shape, self.pseudo_labels
         best: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # class -> (priorities, positions)
         for block in self._blocks():
@@ -553,11 +575,10 @@ class ForestTeacher:
                     tuple(g + s.start for g, s in zip(grid, block, strict=True)), shape
                 )
                 priority = _hash_priority(where, self.seed * 1_000_003 + round_)
-                if self.pseudo_boundary > 0:
-                    inside = ndimage.distance_transform_edt(top == k, sampling=self.source.spacing)
+                if distance is not None:
                     uniform = ((priority >> np.uint64(11)).astype(np.float64) + 0.5) / 2.0**53
-                    distance = inside.ravel()[local] / unit
-                    priority = -np.log(uniform) * np.exp(distance / self.pseudo_boundary)
+                    near = distance[block].ravel()[local].astype(np.float64)
+                    priority = -np.log(uniform) * np.exp(near / self.pseudo_boundary)
                 if int(k) in best:
                     priority = np.concatenate([best[int(k)][0], priority])
                     where = np.concatenate([best[int(k)][1], where])
