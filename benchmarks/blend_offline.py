@@ -13,7 +13,10 @@ by default after 1500 steps in 2D and never in 3D; ``docs/benchmarks.md``):
   need the forest?
 
 And one of the CRF refinement: ``widths`` refines the cached predictions of ``sets`` at several
-intensity widths (multiples of the image noise; 2 is the default).
+intensity widths (multiples of the image noise; 2 is the default). ``ceiling`` asks how far any
+mix of the cached network and forest can go: the Dice of the mix at several weights up to the
+forest alone, refined or not, with the network's class prevalence matched to the forest's or not,
+beside the ilastik-equivalent forest of ``accuracy.py`` on the same annotation.
 
     python benchmarks/blend_offline.py sets nuclei2d/points/dense/0 nuclei2d/points/sparse/0 \\
         nuclei2d/points/sparse/1 nuclei2d/scribbles/dense/0 nuclei2d/scribbles/sparse/0 \\
@@ -23,6 +26,8 @@ intensity widths (multiples of the image noise; 2 is the default).
     python benchmarks/blend_offline.py widths nuclei2d/points/dense/0 nuclei2d/points/sparse/0 \\
         nuclei2d/points/sparse/1 nuclei2d/scribbles/dense/0 nuclei2d/scribbles/sparse/0
                                             # the refinement's intensity width, from the cache
+    python benchmarks/blend_offline.py ceiling mri3d/scribbles/sparse/{0,1,2} \
+        mri3d/scribbles/dense/{0,1,2}       # the best any mix reaches, from the cache (4 min)
 """
 
 from __future__ import annotations
@@ -164,14 +169,81 @@ def widths(specs: list[str], multiples: list[float]) -> None:
         sample = load_sample(dataset)
         source = ImageSource(sample.image, spacing=sample.spacing)
         image = source.read(tuple(slice(0, s) for s in source.spatial_shape))
+        labels = accuracy.annotate(sample, kind, density, int(seed))
+        values = tuple(int(v) for v in np.unique(labels[labels > 0]))
         a = 0.0 if source.spatial_dims == 2 else float(data["w"])
         mix = (1 - a) * data["net"] + a * data["forest"]
         noise = np.asarray(data["sigma"], dtype=float) / NOISE_WIDTHS
         cells = []
         for multiple in multiples:
             refined = _refine(mix, image, source, tuple(noise * multiple), 1.0)
-            cells.append(f"{multiple:g}× {_dice(refined, data['values'], sample):.3f}")
+            cells.append(f"{multiple:g}× {_dice(refined, values, sample):.3f}")
         print(f"{spec} (a = {a:.2f}): " + ", ".join(cells), flush=True)
+
+
+def _matched(network: np.ndarray, reference: np.ndarray, iterations: int = 100) -> np.ndarray:
+    """``network`` re-weighted (:func:`~scribbleseg.core.prevalence.reweight`) to ``reference``'s prevalence.
+
+    The factors are found by fixed-point iteration on every second voxel per axis: the mean of the
+    re-weighted probabilities over the image equals the mean of ``reference``'s.
+    """
+    from scribbleseg.core.prevalence import reweight
+
+    classes = len(network)
+    target = reference.reshape(classes, -1).mean(1)
+    sample = network[(slice(None), *[slice(None, None, 2)] * (network.ndim - 1))]
+    factors = np.ones(classes)
+    for _ in range(iterations):
+        current = reweight(sample, factors).reshape(classes, -1).mean(1)
+        factors = factors * target / np.maximum(current, 1e-12)
+        factors = factors / factors.mean()
+    return reweight(network, factors)
+
+
+def ceiling(specs: list[str], weights: list[float]) -> None:
+    """The Dice of every mix of the cached network and forest, against the ilastik-equivalent forest.
+
+    For each mix weight ``a`` (1 = the forest alone), without and with the CRF refinement, with the
+    network as it is and with its class prevalence matched to the forest's (:func:`_matched`). The
+    last lines give each row's mean over the sets beside the ilastik-equivalent forest's.
+    """
+    from scribbleseg.core.volume import ImageSource
+    from scribbleseg.samples import load_sample
+
+    rows: dict[str, list[float]] = {}
+    for spec in specs:
+        dataset, kind, density, seed = spec.split("/")
+        path = CACHE / f"{dataset}_{kind}_{density}_{seed}.npz"
+        if not path.exists():
+            raise SystemExit(f"{path} is missing: run `blend_offline.py sets {spec}` first")
+        data = dict(np.load(path))
+        sample = load_sample(dataset)
+        source = ImageSource(sample.image, spacing=sample.spacing)
+        image = source.read(tuple(slice(0, s) for s in source.spatial_shape))
+        labels = accuracy.annotate(sample, kind, density, int(seed))
+        values = tuple(int(v) for v in np.unique(labels[labels > 0]))
+        network, forest = data["net"].astype(np.float32), data["forest"].astype(np.float32)
+        matched = _matched(network, forest)
+        rf = accuracy.run_rf(sample, labels, seed=int(seed), threads=2)["dice"]["any"]
+        rows.setdefault("ilastik-equivalent RF", []).append(rf)
+        rows.setdefault("network alone", []).append(_dice(network, values, sample))
+        cells = [f"RF {rf:.4f}", f"network {rows['network alone'][-1]:.4f}"]
+        default = float(data["w"])
+        mixes = [(default, "a = the default's")] + [(a, f"a = {a:.2f}") for a in sorted({*weights, 1.0})]
+        for a, label in mixes:
+            for name, net in (("", network), (", matched", matched)):
+                if a == 1.0 and name:
+                    continue
+                mix = (1 - a) * net + a * forest
+                for refined in (False, True):
+                    probabilities = _refine(mix, image, source, data["sigma"], 1.0) if refined else mix
+                    key = f"{label}{name}{', refined' if refined else ''}"
+                    rows.setdefault(key, []).append(_dice(probabilities, values, sample))
+                    cells.append(f"{key} {rows[key][-1]:.4f}")
+        print(f"{spec} ({int(data['steps'])} steps, the default's a = {default:.2f}): " + "; ".join(cells))
+    print("mean over the sets:")
+    for key, dice in rows.items():
+        print(f"  {key}: {np.mean(dice):.4f}  ({', '.join(f'{d:.4f}' for d in dice)})", flush=True)
 
 
 def steps(spec: str, chunk: int, chunks: int) -> None:
@@ -212,8 +284,13 @@ def main() -> int:
     three = sub.add_parser("widths", help="the refinement's intensity width, on cached sets")
     three.add_argument("specs", nargs="+", metavar="DATASET/KIND/DENSITY/SEED")
     three.add_argument("--multiples", type=float, nargs="+", default=[1.0, 1.5, 2.0, 3.0, 4.0])
+    four = sub.add_parser("ceiling", help="every mix of the cached network and forest, against the RF")
+    four.add_argument("specs", nargs="+", metavar="DATASET/KIND/DENSITY/SEED")
+    four.add_argument("--weights", type=float, nargs="+", default=[0.8, 0.9])
     args = parser.parse_args()
-    if args.what == "sets":
+    if args.what == "ceiling":
+        ceiling(args.specs, args.weights)
+    elif args.what == "sets":
         sets(args.specs, args.budget)
     elif args.what == "widths":
         widths(args.specs, args.multiples)

@@ -18,6 +18,8 @@ R rounds of pseudo-labels, ``ForestTeacher.self_training``) and prints its soft 
     python benchmarks/teacher_offline.py nuclei2d --widths 2 --weights 1 --self-training 8
     python benchmarks/teacher_offline.py nuclei2d --widths 2 --weights 1 --self-training 8 \
         --pseudo-boundary 0 2 3 4                                 # where the pseudo-labels are drawn
+    python benchmarks/teacher_offline.py mri3d --sets scribbles/{sparse,dense}/{0,1,2} --widths 2 \
+        --weights 1 --banks preview ilastik             # the plain forest on ilastik's bank too
 """
 
 from __future__ import annotations
@@ -79,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
         nargs="+",
         choices=["preview", "ilastik"],
         default=["preview"],
-        help="self-training with each filter bank: the teacher's (PREVIEW_FEATURES) or ilastik's",
+        help="each filter bank: the teacher's (PREVIEW_FEATURES) or ilastik's; with --self-training the "
+        "self-trained teacher on each, else also the plain forest on each bank other than the teacher's",
     )
     args = parser.parse_args(argv)
 
@@ -164,8 +167,20 @@ def main(argv: list[str] | None = None) -> int:
                         f"{trained.pseudo_draws} draws, boundary {boundary:g}; {each}; "
                         f"{per_fit:.1f} s per fit)"
                     )
+        else:
+            for bank in (bank for bank in args.banks if bank != "preview"):
+                start = time.perf_counter()
+                other = ForestTeacher(
+                    source, target, seed=int(seed), threads=args.threads, spec=FeatureSpec()
+                )
+                if other.fit():
+                    assert other.probabilities is not None
+                    score = dice(other.probabilities.astype(np.float32))
+                    cells.append(
+                        f"forest on the {bank} bank {score:.4f} (fit {time.perf_counter() - start:.1f} s)"
+                    )
         print(
-            f"{args.dataset}/{spec}: forest {dice(forest):.3f} (confidence {forest.max(axis=0).mean():.3f}, "
+            f"{args.dataset}/{spec}: forest {dice(forest):.4f} (confidence {forest.max(axis=0).mean():.3f}, "
             f"fit {fitted:.1f} s, refinement {seconds:.1f} s); " + "; ".join(cells),
             flush=True,
         )

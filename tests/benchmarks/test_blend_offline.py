@@ -1,0 +1,52 @@
+"""``benchmarks/blend_offline.py``: the ceiling of the network/forest mix, on a real sample."""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
+
+import blend_offline
+from scribbleseg.samples import load_sample
+
+
+def test_matched_network_takes_the_reference_prevalence():
+    rng = np.random.default_rng(0)
+    network = rng.dirichlet([1.0, 2.0, 3.0], size=(24, 20)).transpose(2, 0, 1)
+    reference = rng.dirichlet([3.0, 2.0, 1.0], size=(24, 20)).transpose(2, 0, 1)
+    matched = blend_offline._matched(network, reference)
+    np.testing.assert_allclose(matched.sum(0), 1.0, atol=1e-6)
+    # Fitted on every second pixel per axis: there its mean is the reference's mean.
+    fitted = matched[:, ::2, ::2].reshape(3, -1).mean(1)
+    np.testing.assert_allclose(fitted, reference.reshape(3, -1).mean(1), atol=1e-4)
+    # Re-weighting keeps each pixel's ranking between two classes consistent across pixels.
+    ratio = matched[0] / matched[1] / (network[0] / network[1])
+    np.testing.assert_allclose(ratio, ratio.flat[0], rtol=1e-5)
+
+
+def test_ceiling_prints_every_mix_beside_the_forest_of_accuracy_py(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(blend_offline, "CACHE", tmp_path)
+    sample = load_sample("nuclei2d")
+    truth = np.stack([sample.ground_truth == value for value in (1, 2)]).astype(np.float32)
+    forest = 0.9 * truth + 0.05
+    network = np.roll(forest, 3, axis=2)  # right-shifted: worse than the forest
+    np.savez_compressed(
+        tmp_path / "nuclei2d_scribbles_sparse_0.npz",
+        net=network,
+        forest=forest,
+        w=np.float32(0.3),
+        sigma=np.array([0.1]),
+        steps=12,
+    )
+    blend_offline.ceiling(["nuclei2d/scribbles/sparse/0"], [0.8])
+    out = capsys.readouterr().out
+    rows = dict(re.findall(r"^  (.+?): ([01]\.\d+)", out, flags=re.M))
+    assert set(rows) >= {"ilastik-equivalent RF", "network alone", "a = 1.00", "a = 0.80, matched, refined"}
+    assert float(rows["a = 1.00"]) == 1.0  # the forest here is the ground truth
+    # Below a half the shifted network decides wherever the two disagree.
+    assert float(rows["network alone"]) == float(rows["a = the default's"]) < 0.99
+    assert 0.8 < float(rows["ilastik-equivalent RF"]) < 1.0
