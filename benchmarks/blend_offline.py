@@ -150,6 +150,24 @@ def sets(specs: list[str], budget: float) -> None:
                 print(f"  refined λ={weight:g}, {flips}: " + ", ".join(cells), flush=True)
 
 
+def _cached(spec: str) -> tuple[dict[str, Any], Any, Any, np.ndarray, np.ndarray, tuple[int, ...]]:
+    """The cache of ``sets`` for ``spec``, its sample, image source, image, annotation and classes."""
+    from scribbleseg.core.volume import ImageSource
+    from scribbleseg.samples import load_sample
+
+    dataset, kind, density, seed = spec.split("/")
+    path = CACHE / f"{dataset}_{kind}_{density}_{seed}.npz"
+    if not path.exists():
+        raise SystemExit(f"{path} is missing: run `blend_offline.py sets {spec}` first")
+    data = dict(np.load(path))
+    sample = load_sample(dataset)
+    source = ImageSource(sample.image, spacing=sample.spacing)
+    image = source.read(tuple(slice(0, s) for s in source.spatial_shape))
+    labels = accuracy.annotate(sample, kind, density, int(seed))
+    values = tuple(int(v) for v in np.unique(labels[labels > 0]))
+    return data, sample, source, image, labels, values
+
+
 def widths(specs: list[str], multiples: list[float]) -> None:
     """The refined prediction at several intensity widths (multiples of the noise), from the cache.
 
@@ -157,20 +175,9 @@ def widths(specs: list[str], multiples: list[float]) -> None:
     weight it had then.
     """
     from scribbleseg.core.refine import NOISE_WIDTHS
-    from scribbleseg.core.volume import ImageSource
-    from scribbleseg.samples import load_sample
 
     for spec in specs:
-        dataset, kind, density, seed = spec.split("/")
-        path = CACHE / f"{dataset}_{kind}_{density}_{seed}.npz"
-        if not path.exists():
-            raise SystemExit(f"{path} is missing: run `blend_offline.py sets {spec}` first")
-        data = dict(np.load(path))
-        sample = load_sample(dataset)
-        source = ImageSource(sample.image, spacing=sample.spacing)
-        image = source.read(tuple(slice(0, s) for s in source.spatial_shape))
-        labels = accuracy.annotate(sample, kind, density, int(seed))
-        values = tuple(int(v) for v in np.unique(labels[labels > 0]))
+        data, sample, source, image, _, values = _cached(spec)
         a = 0.0 if source.spatial_dims == 2 else float(data["w"])
         mix = (1 - a) * data["net"] + a * data["forest"]
         noise = np.asarray(data["sigma"], dtype=float) / NOISE_WIDTHS
@@ -207,24 +214,13 @@ def ceiling(specs: list[str], weights: list[float]) -> None:
     network as it is and with its class prevalence matched to the forest's (:func:`_matched`). The
     last lines give each row's mean over the sets beside the ilastik-equivalent forest's.
     """
-    from scribbleseg.core.volume import ImageSource
-    from scribbleseg.samples import load_sample
-
     rows: dict[str, list[float]] = {}
     for spec in specs:
-        dataset, kind, density, seed = spec.split("/")
-        path = CACHE / f"{dataset}_{kind}_{density}_{seed}.npz"
-        if not path.exists():
-            raise SystemExit(f"{path} is missing: run `blend_offline.py sets {spec}` first")
-        data = dict(np.load(path))
-        sample = load_sample(dataset)
-        source = ImageSource(sample.image, spacing=sample.spacing)
-        image = source.read(tuple(slice(0, s) for s in source.spatial_shape))
-        labels = accuracy.annotate(sample, kind, density, int(seed))
-        values = tuple(int(v) for v in np.unique(labels[labels > 0]))
+        data, sample, source, image, labels, values = _cached(spec)
+        seed = int(spec.split("/")[3])
         network, forest = data["net"].astype(np.float32), data["forest"].astype(np.float32)
         matched = _matched(network, forest)
-        rf = accuracy.run_rf(sample, labels, seed=int(seed), threads=2)["dice"]["any"]
+        rf = accuracy.run_rf(sample, labels, seed=seed, threads=2)["dice"]["any"]
         rows.setdefault("ilastik-equivalent RF", []).append(rf)
         rows.setdefault("network alone", []).append(_dice(network, values, sample))
         cells = [f"RF {rf:.4f}", f"network {rows['network alone'][-1]:.4f}"]
