@@ -16,7 +16,10 @@ And one of the CRF refinement: ``widths`` refines the cached predictions of ``se
 intensity widths (multiples of the image noise; 2 is the default). ``ceiling`` asks how far any
 mix of the cached network and forest can go: the Dice of the mix at several weights up to the
 forest alone, refined or not, with the network's class prevalence matched to the forest's or not,
-beside the ilastik-equivalent forest of ``accuracy.py`` on the same annotation.
+beside the ilastik-equivalent forest of ``accuracy.py`` on the same annotation. ``recalibration``
+trains one set and re-estimates the network's batch-norm statistics several times
+(``Trainer.recalibrate_batch_norm``, each time on other patches): how much do the network and the
+mix depend on which patches that draws?
 
     python benchmarks/blend_offline.py sets nuclei2d/points/dense/0 nuclei2d/points/sparse/0 \\
         nuclei2d/points/sparse/1 nuclei2d/scribbles/dense/0 nuclei2d/scribbles/sparse/0 \\
@@ -27,7 +30,8 @@ beside the ilastik-equivalent forest of ``accuracy.py`` on the same annotation.
         nuclei2d/points/sparse/1 nuclei2d/scribbles/dense/0 nuclei2d/scribbles/sparse/0
                                             # the refinement's intensity width, from the cache
     python benchmarks/blend_offline.py ceiling mri3d/scribbles/sparse/{0,1,2} \
-        mri3d/scribbles/dense/{0,1,2}       # the best any mix reaches, from the cache (4 min)
+        mri3d/scribbles/dense/{0,1,2}       # the best any mix reaches, from the cache (6 min)
+    python benchmarks/blend_offline.py recalibration mri3d/scribbles/dense/0      # about 6 min
 """
 
 from __future__ import annotations
@@ -73,8 +77,10 @@ def _parts(trainer: Any, source: Any, *, tta: bool) -> dict[str, Any]:
     finally:
         model.refinement, model.forest_blend = refinement, blend
     region = tuple(slice(0, s) for s in source.spatial_shape)
-    parts["forest"] = blend.probabilities(source, region)
-    parts["w"] = blend.weight
+    if blend is None:  # the forest was not fitted yet (a very short run): the network alone
+        parts["forest"], parts["w"] = np.zeros_like(parts["net"]), 0.0
+    else:
+        parts["forest"], parts["w"] = blend.probabilities(source, region), blend.weight
     parts["sigma"] = np.array(refinement.sigma_intensity)
     return parts
 
@@ -242,6 +248,41 @@ def ceiling(specs: list[str], weights: list[float]) -> None:
         print(f"  {key}: {np.mean(dice):.4f}  ({', '.join(f'{d:.4f}' for d in dice)})", flush=True)
 
 
+def recalibration(spec: str, draws: int, batches: int, budget: float = 180.0) -> None:
+    """The network and the refined mix after each of ``draws`` batch-norm recalibrations.
+
+    First with the training sampler as the trainer uses it (patches near labels, augmented), then
+    with patches drawn evenly over the image without augmentation (what prediction sees).
+    """
+    dataset, kind, density, seed = spec.split("/")
+    sample, source, target, trainer = _trainer(dataset, kind, density, int(seed), time_budget=budget)
+    for _ in trainer.run():
+        pass
+    values = target.class_map.values
+    image = source.read(tuple(slice(0, s) for s in source.spatial_shape))
+    print(f"{spec}: {trainer.step} steps", flush=True)
+
+    def report(what: str) -> None:
+        data = _parts(trainer, source, tta=False)
+        w = float(data["w"])
+        mix = _refine((1 - w) * data["net"] + w * data["forest"], image, source, data["sigma"], 1.0)
+        network = _dice(data["net"], values, sample)
+        print(f"  {what}: network {network:.4f}, refined mix {_dice(mix, values, sample):.4f}", flush=True)
+
+    report("as trained (recalibrated once at the end of the run)")
+    sampler = trainer.sampler
+    kept = sampler.label_probability, sampler.augment
+    for label_probability, augment, name in (
+        (kept[0], kept[1], "the training sampler"),
+        (0.0, False, "even patches, no augmentation"),
+    ):
+        sampler.label_probability, sampler.augment = label_probability, augment
+        for draw in range(draws):
+            trainer.recalibrate_batch_norm(batches=batches)
+            report(f"recalibrated on {batches} batches of {name}, draw {draw + 1}")
+    sampler.label_probability, sampler.augment = kept
+
+
 def steps(spec: str, chunk: int, chunks: int) -> None:
     dataset, kind, density, seed = spec.split("/")
     sample, source, target, trainer = _trainer(dataset, kind, density, int(seed), steps=chunk)
@@ -283,8 +324,15 @@ def main() -> int:
     four = sub.add_parser("ceiling", help="every mix of the cached network and forest, against the RF")
     four.add_argument("specs", nargs="+", metavar="DATASET/KIND/DENSITY/SEED")
     four.add_argument("--weights", type=float, nargs="+", default=[0.8, 0.9])
+    five = sub.add_parser("recalibration", help="a trained set's batch-norm statistics, drawn again")
+    five.add_argument("spec", metavar="DATASET/KIND/DENSITY/SEED")
+    five.add_argument("--draws", type=int, default=3)
+    five.add_argument("--batches", type=int, default=8)
+    five.add_argument("--budget", type=float, default=180.0)
     args = parser.parse_args()
-    if args.what == "ceiling":
+    if args.what == "recalibration":
+        recalibration(args.spec, args.draws, args.batches, args.budget)
+    elif args.what == "ceiling":
         ceiling(args.specs, args.weights)
     elif args.what == "sets":
         sets(args.specs, args.budget)

@@ -50,3 +50,12 @@ def test_ceiling_prints_every_mix_beside_the_forest_of_accuracy_py(tmp_path, mon
     # Below a half the shifted network decides wherever the two disagree.
     assert float(rows["network alone"]) == float(rows["a = the default's"]) < 0.99
     assert 0.8 < float(rows["ilastik-equivalent RF"]) < 1.0
+
+
+def test_recalibration_reports_each_draw(capsys):
+    blend_offline.recalibration("nuclei2d/scribbles/sparse/0", draws=2, batches=1, budget=3.0)
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("nuclei2d/scribbles/sparse/0: ")
+    assert len(lines) == 1 + 1 + 2 * 2  # the run, as trained, two draws of each sampler
+    assert all(re.search(r"network [01]\.\d{4}, refined mix [01]\.\d{4}$", line) for line in lines[1:])
+    assert "even patches, no augmentation, draw 2" in lines[-1]
