@@ -167,18 +167,15 @@ def main(argv: list[str] | None = None) -> int:
                         f"{trained.pseudo_draws} draws, boundary {boundary:g}; {each}; "
                         f"{per_fit:.1f} s per fit)"
                     )
-        else:
-            for bank in (bank for bank in args.banks if bank != "preview"):
-                start = time.perf_counter()
-                other = ForestTeacher(
-                    source, target, seed=int(seed), threads=args.threads, spec=FeatureSpec()
+        elif "ilastik" in args.banks:  # the teacher's own bank is the forest above
+            start = time.perf_counter()
+            other = ForestTeacher(source, target, seed=int(seed), threads=args.threads, spec=FeatureSpec())
+            if other.fit():
+                assert other.probabilities is not None
+                score = dice(other.probabilities.astype(np.float32))
+                cells.append(
+                    f"forest on the ilastik bank {score:.4f} (fit {time.perf_counter() - start:.1f} s)"
                 )
-                if other.fit():
-                    assert other.probabilities is not None
-                    score = dice(other.probabilities.astype(np.float32))
-                    cells.append(
-                        f"forest on the {bank} bank {score:.4f} (fit {time.perf_counter() - start:.1f} s)"
-                    )
         print(
             f"{args.dataset}/{spec}: forest {dice(forest):.4f} (confidence {forest.max(axis=0).mean():.3f}, "
             f"fit {fitted:.1f} s, refinement {seconds:.1f} s); " + "; ".join(cells),

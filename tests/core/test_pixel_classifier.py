@@ -214,7 +214,8 @@ def test_pseudo_labels_near_the_boundary_when_asked(blobs2d):
     lookup = {row.tobytes(): i for i, row in enumerate(table)}
 
     def distances(teacher: ForestTeacher) -> np.ndarray:
-        rows, classes = teacher._pseudo_labels(refined, 1, _FeatureCache(teacher, whole=True))
+        cache, boundary = _FeatureCache(teacher, whole=True), teacher._boundary_distance(refined)
+        rows, classes = teacher._pseudo_labels(refined, 1, cache, boundary)
         assert len(rows) == len(classes) <= 2 * 40  # at most pseudo_labels per class
         where = [lookup[row.tobytes()] for row in rows.astype(table.dtype)]
         return distance.ravel()[where]

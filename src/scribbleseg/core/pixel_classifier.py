@@ -548,7 +548,7 @@ class ForestTeacher:
         return distance
 
     def _pseudo_labels(
-        self, refined: np.ndarray, round_: int, cache: _FeatureCache, distance: np.ndarray | None = None
+        self, refined: np.ndarray, round_: int, cache: _FeatureCache, distance: np.ndarray | None
     ) -> tuple[np.ndarray, np.ndarray] | None:
         """Features and class indices of this round's pseudo-labels; None if stopped or there are none.
 
@@ -556,10 +556,8 @@ class ForestTeacher:
         the class is on top with a probability above ``pseudo_confidence``: the hash of their
         position, or with ``pseudo_boundary`` a weighted draw favouring voxels near the class's
         boundary in the map (``-log(u) * exp(d / pseudo_boundary)``, ``u`` uniform from the hash;
-        ``d`` from ``distance``, :meth:`_boundary_distance` of ``refined`` when not given).
+        ``d`` from ``distance``, :meth:`_boundary_distance` of ``refined``, None for the even draw).
         """
-        if distance is None:
-            distance = self._boundary_distance(refined)
         shape, limit = self.source.spatial_shape, self.pseudo_labels
         best: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # class -> (priorities, positions)
         for block in self._blocks():
