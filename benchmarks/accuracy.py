@@ -561,8 +561,8 @@ def plot(results: dict[str, dict[str, Any]], budgets: list[str], path: Path) -> 
     columns = min(4, len(panels))
     rows = -(-len(panels) // columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4 * columns, 3.2 * rows + 0.6), squeeze=False)
-    tab10 = plt.get_cmap("tab10").colors
-    colours = [c for i, c in enumerate(tab10) if i != 3]  # red is the defaults
+    tab20 = plt.get_cmap("tab20").colors
+    colours = [c for i, c in enumerate(tab20) if i not in (6, 7)]  # red is the defaults; one per method
     handles: dict[str, Any] = {}  # one legend entry per method, from whichever panel has it
     for ax, (dataset, annotation) in zip(axes.flat, panels, strict=False):
         for method in METHODS:
