@@ -331,6 +331,21 @@ def test_crf_equals_dense_brute_force(case):
 
 
 @pytest.mark.parametrize("case", CRF_CASES.values(), ids=CRF_CASES.keys())
+def test_crf_with_the_accelerator_kernel_exponent_equals_dense_brute_force(case, monkeypatch):
+    """The GPU way of building each offset's kernel (one (G, N) difference) is checked here on the CPU."""
+    import functools
+
+    from scribbleseg.core.losses import crf
+
+    logits, kwargs = make_crf_inputs(case)
+    expected = crf_value_and_grads(lambda p, **kw: dense_crf_reference(p, **kw)[0], logits, kwargs)
+    monkeypatch.setattr(crf, "_window_products", functools.partial(crf._window_products, per_channel=False))
+    actual = crf_value_and_grads(crf_loss, logits, kwargs)
+    for name, a, e in zip(("value", "grad wrt probs", "grad wrt logits"), actual, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-13, msg=name)
+
+
+@pytest.mark.parametrize("case", CRF_CASES.values(), ids=CRF_CASES.keys())
 def test_crf_unfold_equals_crf_in_float32(case):
     logits, kwargs = make_crf_inputs(case, seed=1, dtype=torch.float32)
     ours = crf_value_and_grads(crf_loss, logits, kwargs)
