@@ -294,12 +294,20 @@ class Trainer:
         return len(self.target.index)
 
     # ------------------------------------------------------------------- train
-    def run(self) -> Iterator[TrainUpdate]:
+    def run(self, *, checkpoint: bool = False) -> Iterator[TrainUpdate]:
         """Train, yielding a :class:`TrainUpdate` after every step.
 
         Ends after ``steps`` steps or ``time_budget`` seconds (counted from this
         call), or at the step after :meth:`stop`. The last record has ``done``.
         Calling ``run`` again continues from the current weights.
+
+        Parameters
+        ----------
+        checkpoint : bool
+            This run is one leg of a longer training (``benchmarks/accuracy.py`` scores the model
+            at each of its budgets): when it ends on its budget or step count, a forest teacher
+            still being fitted goes on in its thread and the next run takes it up. Otherwise (and
+            after a Stop) such a fit is abandoned, giving the CPU back (it is fitted again next run).
         """
         train = self.train_config
         self._stop.clear()
@@ -361,7 +369,8 @@ class Trainer:
                     self._release_memory()
                     message = "out of memory while drawing the preview: it is skipped this time"
             yield record(preview=preview, message=message)
-        self._teacher_cancel.set()  # a forest still being fitted is abandoned (fitted again next run)
+        if not checkpoint or reason == "stopped":
+            self._teacher_cancel.set()  # a forest still being fitted is abandoned (fitted again next run)
         message = None
         self._adopt_average()
         self._attach_forest()
@@ -387,10 +396,12 @@ class Trainer:
             return
         n = self.step - self._average_start
         decay = min(self.train_config.weight_average, (1 + n) / (10 + n))
-        for averaged, current in zip(self._average.parameters(), self.model.parameters(), strict=True):
-            averaged.lerp_(current.detach(), 1.0 - decay)
-        for averaged, current in zip(self._average.buffers(), self.model.buffers(), strict=True):
-            averaged.copy_(current)  # batch-norm statistics: the latest (recalibrated after a run)
+        # Multi-tensor operations: a few kernel launches instead of one per tensor.
+        torch._foreach_lerp_(
+            list(self._average.parameters()), [p.detach() for p in self.model.parameters()], 1.0 - decay
+        )
+        # Batch-norm statistics: the latest (recalibrated after a run).
+        torch._foreach_copy_(list(self._average.buffers()), list(self.model.buffers()))
 
     def _adopt_average(self) -> None:
         """At the end of a run, put the averaged weights into ``self.model``; keep the raw ones."""
@@ -794,8 +805,11 @@ class Trainer:
         self._scaler.scale(total).backward()
         self._scaler.step(self.optimizer)
         self._scaler.update()
-        values = {name: float(value.detach()) for name, value in terms.items()}
-        return float(total.detach()), MappingProxyType(values)
+        # One device-to-host copy for all the numbers (each float() of a GPU tensor waits for it).
+        scalars = [total, *terms.values()]
+        numbers = torch.stack([value.detach().float() for value in scalars]).tolist()
+        values = dict(zip(terms, numbers[1:], strict=True))
+        return numbers[0], MappingProxyType(values)
 
     def _sampled_embeddings(
         self, features: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None
