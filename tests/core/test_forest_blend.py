@@ -195,40 +195,27 @@ def test_the_teacher_is_refined_in_2d_by_default_and_the_blend_stays_the_forests
 def test_a_forest_being_fitted_outlives_a_checkpoint_but_not_a_stop_or_a_plain_end(blobs2d):
     """A checkpoint run that ends on its step count or budget leaves the fit going for the next run."""
     image, scribbles, _ = blobs2d
-    options = {"device": "cpu", "seed": 0, "batch_size": 2, "steps": 1, "crf_refinement": 0.0}
-    trainer = Trainer(
-        ImageSource(image),
-        labels_to_target(scribbles),
-        model_config=TINY,
-        loss_config=LOSS,
-        train_config=TrainConfig(**options),
-    )
-    list(trainer.run(checkpoint=True))  # one step: the forest is still being fitted when it ends
-    assert trainer._teacher_job is not None
-    thread, teacher, _ = trainer._teacher_job
+
+    def trainer(steps: int) -> Trainer:
+        train = TrainConfig(device="cpu", seed=0, batch_size=2, steps=steps, crf_refinement=0.0)
+        source, target = ImageSource(image), labels_to_target(scribbles)
+        return Trainer(source, target, model_config=TINY, loss_config=LOSS, train_config=train)
+
+    checkpointed = trainer(1)
+    list(checkpointed.run(checkpoint=True))  # one step: the forest is still being fitted when it ends
+    assert checkpointed._teacher_job is not None
+    thread, teacher, _ = checkpointed._teacher_job
     thread.join(timeout=60)
     assert not teacher.abandoned and teacher.forest is not None
-    list(trainer.run())
-    assert trainer._teacher is teacher  # taken up, not fitted again
-    assert trainer._teacher_job is None and trainer.model.forest_blend is not None
+    list(checkpointed.run())
+    assert checkpointed._teacher is teacher  # taken up, not fitted again
+    assert checkpointed._teacher_job is None and checkpointed.model.forest_blend is not None
 
-    stopped = Trainer(
-        ImageSource(image),
-        labels_to_target(scribbles),
-        model_config=TINY,
-        loss_config=LOSS,
-        train_config=replace(TrainConfig(**options), steps=100_000),
-    )
+    stopped = trainer(100_000)
     for _ in stopped.run(checkpoint=True):
         stopped.stop()
     # Told to give up (it does at its next check: tests/core/test_pixel_classifier.py), unless done.
     assert stopped._teacher_cancel.is_set()
-    plain = Trainer(
-        ImageSource(image),
-        labels_to_target(scribbles),
-        model_config=TINY,
-        loss_config=LOSS,
-        train_config=TrainConfig(**options),
-    )
+    plain = trainer(1)
     list(plain.run())
     assert plain._teacher_cancel.is_set()
