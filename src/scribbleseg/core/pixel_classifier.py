@@ -359,8 +359,6 @@ class ForestTeacher:
         self.pseudo_draws = int(pseudo_draws)
         self.pseudo_boundary = float(pseudo_boundary)
         self.max_training_voxels = int(max_training_voxels)
-        #: Whether the forest saw a draw of the labels only (more than ``max_training_voxels``).
-        self.subsampled = False
         self.probabilities: np.ndarray | None = None  # (K, *shape) float16 once fitted
         #: The soft labels taught: :attr:`probabilities` refined and tempered (``refinement``), or
         #: the same array.
@@ -419,7 +417,6 @@ class ForestTeacher:
         if len(values) > self.max_training_voxels:
             keep = rng.choice(len(values), self.max_training_voxels, replace=False)
             table, values = table[keep], values[keep]
-            self.subsampled = True
         forest = self._fit_forest(table, values)
         probabilities = self._predict(forest, cache)
         if probabilities is None:
