@@ -269,28 +269,26 @@ def _window_products(
     # Reused for every offset (each takes a view of the first elements it needs): the loop allocates
     # nothing, and every operation in it is in place.
     weight_buffer = probs.new_empty(math.prod(probs.shape[:1] + probs.shape[2:]))
-    difference_buffer = None
-    if num_guide > 1:
-        difference_buffer = torch.empty_like(weight_buffer) if per_channel else guide.new_empty(guide.numel())
+    one_difference = num_guide > 1 and not per_channel
+    difference_buffer = guide.new_empty(
+        guide.numel() if one_difference else weight_buffer.numel() if num_guide > 1 else 0
+    )
     zero = probs.new_zeros(())
     every = slice(None)
     for source, destination, spatial_weight in regions:
         region_shape = tuple(s.stop - s.start for s in source)
         weight = weight_buffer[: batch * math.prod(region_shape)].view(batch, *region_shape)
-        if difference_buffer is not None and not per_channel:
-            # weight = exp(-sum_c (g_c(x) - g_c(x + o))²) from one (B, G, region) difference.
+        # weight = exp(-sum_c (g_c(x) - g_c(x + o))²)
+        if one_difference:
             difference = difference_buffer[: num_guide * weight.numel()].view(batch, num_guide, *region_shape)
             torch.sub(guide[(every, every, *source)], guide[(every, every, *destination)], out=difference)
             torch.sum(difference.square_(), dim=1, out=weight)
             weight.neg_()
-        else:
-            # One channel at a time: on CPU about twice as fast as one (G, N) difference reduced
-            # over G, and it needs only an N-sized buffer.
+        else:  # one channel at a time, with N-sized buffers
             torch.sub(guide[(every, 0, *source)], guide[(every, 0, *destination)], out=weight)
             torch.addcmul(zero, weight, weight, value=-1.0, out=weight)
-        if difference_buffer is not None and per_channel:
-            difference = difference_buffer[: weight.numel()].view_as(weight)
             for channel in range(1, num_guide):
+                difference = difference_buffer[: weight.numel()].view_as(weight)
                 torch.sub(
                     guide[(every, channel, *source)], guide[(every, channel, *destination)], out=difference
                 )
