@@ -136,8 +136,13 @@ class TrainingController(QObject):
     # ------------------------------------------------------------------ state
     @property
     def running(self) -> bool:
-        """True while the training worker runs."""
-        return self.run is not None and self.run.running
+        """True from Train until the run's end has been handled here, in the main thread.
+
+        The worker thread ends a moment before its ``finished`` signal reaches the main thread;
+        until then the run still counts as running, so Train stays disabled and a new run cannot
+        start and then be cleared by the old run's end.
+        """
+        return self.run is not None
 
     def forget(self) -> None:
         """Drop the trainer (e.g. after a model was loaded); the next Train builds a new one."""
