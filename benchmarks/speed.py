@@ -162,13 +162,11 @@ def _project_whole_patch(trainer: Trainer) -> None:
     sampled = trainer._sampled_embeddings
     trainer.model.embed = lambda vectors: vectors  # type: ignore[method-assign]
 
-    def from_the_whole_patch(
-        features: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
+    def from_the_whole_patch(features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         # Under autocast as in training: on a GPU the features are bf16 (the head's weights fp32).
         with autocast_context(trainer.device, trainer._amp_dtype is not None):
             projected = trainer.model.projection_head(features)
-        return sampled(projected, target, generator)
+        return sampled(projected, positions)
 
     trainer._sampled_embeddings = from_the_whole_patch  # type: ignore[method-assign]
 

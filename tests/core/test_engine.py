@@ -306,11 +306,10 @@ def test_sampled_embeddings_equal_the_full_patch_projection(blobs2d):
     batch = trainer.sampler.sample()
     target = torch.from_numpy(batch.target)
     trainer.model.eval()
+    positions, sampled = trainer._contrastive_sample(target)
     with torch.no_grad():
         out = trainer.model(torch.from_numpy(batch.image), with_embedding=True)
-        embedding, sampled = trainer._sampled_embeddings(
-            out.features, target, torch.Generator().manual_seed(0)
-        )
+        embedding = trainer._sampled_embeddings(out.features, positions)
     full = out.embedding.flatten(2)
     for item in range(target.shape[0]):
         labelled = sampled[item] != IGNORE_INDEX

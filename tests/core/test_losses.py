@@ -18,7 +18,7 @@ from scribbleseg.core.losses import (
     partial_dice_loss,
     supervised_contrastive_loss,
 )
-from scribbleseg.core.losses.contrastive import balanced_sample
+from scribbleseg.core.losses.contrastive import balanced_sample, sample_labelled, sampled_contrastive_loss
 
 # ----------------------------------------------------------------------------------------------
 # helpers
@@ -168,6 +168,32 @@ def test_contrastive_is_lower_for_class_clustered_embeddings(seed):
         )
 
     assert loss(clustered) < loss(shuffled)
+
+
+def test_sampled_contrastive_loss_on_padded_batches_matches_the_reference():
+    # Items with different numbers of labelled voxels (padding), one with a single class (no
+    # sample) and one with nothing labelled: the batched loss is the per-item reference, and
+    # its gradient is finite everywhere (no NaN from rows without pairs).
+    generator = torch.Generator().manual_seed(11)
+    embeddings = torch.randn((4, 5, 6, 7), generator=generator, dtype=torch.float64, requires_grad=True)
+    target = make_target(generator, 4, (6, 7), 3, labelled_fraction=0.5)
+    target[1, :4] = IGNORE_INDEX  # fewer labelled voxels than item 0
+    target[2][target[2] != IGNORE_INDEX] = 1  # one class only
+    target[3] = IGNORE_INDEX
+    positions, classes = sample_labelled(target.flatten(1), 10_000, torch.Generator().manual_seed(0))
+    assert torch.equal(classes[2], torch.full_like(classes[2], IGNORE_INDEX))
+    assert torch.equal(classes[3], torch.full_like(classes[3], IGNORE_INDEX))
+    assert (classes[1] == IGNORE_INDEX).any()  # padded up to the longest item
+    flat = embeddings.flatten(2)
+    sampled = torch.gather(flat, 2, positions[:, None].expand(-1, flat.shape[1], -1))
+    loss = sampled_contrastive_loss(sampled, classes, temperature=0.2)
+    torch.testing.assert_close(loss, supcon_reference(embeddings, target, 0.2))
+    loss.backward()
+    assert torch.isfinite(embeddings.grad).all()
+    assert embeddings.grad[2:].abs().sum() == 0  # items without a sample get no gradient
+
+    none = sampled_contrastive_loss(sampled[2:], classes[2:], temperature=0.2)
+    assert none.item() == 0.0 and none.requires_grad
 
 
 def testbalanced_sample_takes_an_equal_share_per_class():

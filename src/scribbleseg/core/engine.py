@@ -45,13 +45,12 @@ from scribbleseg.core.inference import (
     resolve_device,
 )
 from scribbleseg.core.losses import (
-    IGNORE_INDEX,
-    balanced_sample,
     crf_loss,
     partial_cross_entropy,
     partial_dice_loss,
+    sample_labelled,
+    sampled_contrastive_loss,
     spatial_kernel_sum,
-    supervised_contrastive_loss,
     teacher_cross_entropy,
 )
 from scribbleseg.core.models import DOWNSAMPLING, ScribbleNet, build_model
@@ -748,11 +747,18 @@ class Trainer:
         image = torch.from_numpy(batch.image).to(self.device, non_blocking=True)
         target = torch.from_numpy(batch.target).to(self.device, non_blocking=True)
         valid = torch.from_numpy(batch.valid).to(self.device, non_blocking=True)
+        soft = None
+        if batch.teacher is not None:
+            soft = torch.from_numpy(batch.teacher).to(self.device, non_blocking=True)
+        want_contrastive = cfg.contrastive_weight > 0
+        if want_contrastive:
+            # Drawn on the CPU from the CPU target and sent with the batch, before the device has
+            # work queued: no device-to-host wait, and the same draws on any device.
+            positions, sampled_target = self._contrastive_sample(torch.from_numpy(batch.target))
 
         ramp = self._regularizer_ramp()
         want_crf = cfg.crf_weight > 0 and ramp > 0
         want_dynamic = cfg.dynamic_crf_weight > 0 and ramp > 0 and self.step >= cfg.dynamic_start_step
-        want_contrastive = cfg.contrastive_weight > 0
 
         with autocast_context(self.device, self._amp_dtype is not None):
             out = self.model(image)
@@ -762,20 +768,14 @@ class Trainer:
         if cfg.dice_weight > 0:
             terms["dice"] = partial_dice_loss(logits, target)
             total = total + cfg.dice_weight * terms["dice"]
-        if batch.teacher is not None:
-            soft = torch.from_numpy(batch.teacher).to(self.device, non_blocking=True)
+        if soft is not None:
             terms["teacher"] = teacher_cross_entropy(logits, soft, target, valid)
             total = total + teacher_weight * terms["teacher"]
         if want_contrastive:
             # The projection head runs only on the sampled labelled voxels, not on the whole patch.
-            generator = self._generator if self.device.type == "cpu" else None
-            embedding, sampled_target = self._sampled_embeddings(out.features, target, generator)
-            terms["contrastive"] = supervised_contrastive_loss(
-                embedding.float(),
-                sampled_target,
-                temperature=cfg.temperature,
-                max_samples=cfg.contrastive_samples,
-                generator=generator,
+            embedding = self._sampled_embeddings(out.features, positions)
+            terms["contrastive"] = sampled_contrastive_loss(
+                embedding.float(), sampled_target, temperature=cfg.temperature
             )
             total = total + cfg.contrastive_weight * terms["contrastive"]
         if want_crf or want_dynamic:
@@ -811,40 +811,27 @@ class Trainer:
         values = dict(zip(terms, numbers[1:], strict=True))
         return numbers[0], MappingProxyType(values)
 
-    def _sampled_embeddings(
-        self, features: torch.Tensor, target: torch.Tensor, generator: torch.Generator | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Embeddings (B, E, n) and targets (B, n) of class-balanced samples of labelled voxels.
+    def _contrastive_sample(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positions (B, n) and targets (B, n) of class-balanced samples of labelled voxels.
 
-        The same sample the contrastive loss would draw from full-patch embeddings; items with
-        fewer voxels are padded with ``IGNORE_INDEX`` targets.
+        Drawn from ``target`` (B, *S) on the CPU with the trainer's generator
+        (:func:`~scribbleseg.core.losses.contrastive.sample_labelled`, padded with
+        ``IGNORE_INDEX``), returned on the training device.
         """
-        batch = features.shape[0]
-        flat_target = target.flatten(1)
-        chosen: list[tuple[torch.Tensor, torch.Tensor]] = []
-        for item in range(batch):
-            labelled = (flat_target[item] != IGNORE_INDEX).nonzero().squeeze(1)
-            sample = None
-            if labelled.numel() >= 2:
-                sample = balanced_sample(
-                    flat_target[item, labelled], self.loss_config.contrastive_samples, generator
-                )
-            if sample is None:
-                empty = labelled[:0]
-                chosen.append((empty, empty))
-            else:
-                chosen.append((labelled[sample[0]], sample[1]))
-        n = max(1, max(len(positions) for positions, _ in chosen))
-        index = torch.zeros((batch, n), dtype=torch.long, device=features.device)
-        sampled_target = torch.full((batch, n), IGNORE_INDEX, dtype=target.dtype, device=target.device)
-        for item, (positions, classes) in enumerate(chosen):
-            index[item, : len(positions)] = positions
-            sampled_target[item, : len(classes)] = classes
+        positions, sampled_target = sample_labelled(
+            target.flatten(1), self.loss_config.contrastive_samples, self._generator
+        )
+        return (
+            positions.to(self.device, non_blocking=True),
+            sampled_target.to(self.device, non_blocking=True),
+        )
+
+    def _sampled_embeddings(self, features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Projection-head embeddings (B, E, n) of the features (B, F, *S) at ``positions`` (B, n)."""
         flat = features.flatten(2)
-        vectors = torch.gather(flat, 2, index[:, None].expand(-1, flat.shape[1], -1))
+        vectors = torch.gather(flat, 2, positions[:, None].expand(-1, flat.shape[1], -1))
         with autocast_context(self.device, self._amp_dtype is not None):
-            embedding = self.model.embed(vectors)
-        return embedding, sampled_target
+            return self.model.embed(vectors)
 
     def _pool(self, tensor: torch.Tensor) -> torch.Tensor:
         """Average-pool (B, C, *S) onto the CRF grid (a no-op at factor 1)."""

@@ -4,6 +4,11 @@ SupCon (Khosla et al., NeurIPS 2020) restricted to one patch at a time, as in th
 local variant of Hu et al. (MICCAI 2021): anchors, positives and negatives are all
 labelled voxels of the same batch item. The number of voxels per item is bounded by
 class-balanced sampling, so memory is O(max_samples²) whatever the scribble size.
+
+The sampling (:func:`sample_labelled`) and the loss on the samples
+(:func:`sampled_contrastive_loss`) are separate so that training can draw the sample on the CPU
+from the CPU copy of the target and compute the loss for the whole batch at once on the device,
+without a device-to-host wait or a kernel launch per batch item.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from torch import Tensor
 
 from scribbleseg.core.losses.partial import IGNORE_INDEX
 
-__all__ = ["balanced_sample", "supervised_contrastive_loss"]
+__all__ = ["balanced_sample", "sample_labelled", "sampled_contrastive_loss", "supervised_contrastive_loss"]
 
 
 def balanced_sample(
@@ -46,6 +51,95 @@ def balanced_sample(
     rank_in_class = torch.arange(num_voxels, device=voxel_classes.device) - class_start[sorted_classes]
     keep = rank_in_class < share
     return positions[keep], sorted_classes[keep]
+
+
+def sample_labelled(
+    target: Tensor, max_samples: int, generator: torch.Generator | None
+) -> tuple[Tensor, Tensor]:
+    """Class-balanced samples of the labelled voxels of each batch item.
+
+    Parameters
+    ----------
+    target : (B, N) Tensor
+        Integer class per voxel, or :data:`~scribbleseg.core.losses.partial.IGNORE_INDEX`.
+    max_samples : int
+        Voxels per item, an equal share per class (see :func:`balanced_sample`).
+    generator : torch.Generator, optional
+        Source of randomness; it must live on ``target``'s device.
+
+    Returns
+    -------
+    positions : (B, n) Tensor
+        Flat voxel indices of the samples (0 in the padding).
+    classes : (B, n) Tensor
+        Their classes; ``IGNORE_INDEX`` in the padding. An item with fewer than two classes among
+        its labelled voxels gets no sample (all padding). ``n >= 1``.
+    """
+    chosen: list[tuple[Tensor, Tensor]] = []
+    for item in range(target.shape[0]):
+        labelled = (target[item] != IGNORE_INDEX).nonzero().squeeze(1)
+        sample = None
+        if labelled.numel() >= 2:
+            sample = balanced_sample(target[item, labelled], max_samples, generator)
+        if sample is None:
+            chosen.append((labelled[:0], labelled[:0]))
+        else:
+            chosen.append((labelled[sample[0]], sample[1]))
+    n = max([1, *(len(p) for p, _ in chosen)])
+    positions = torch.zeros((target.shape[0], n), dtype=torch.long, device=target.device)
+    classes = torch.full((target.shape[0], n), IGNORE_INDEX, dtype=target.dtype, device=target.device)
+    for item, (item_positions, item_classes) in enumerate(chosen):
+        positions[item, : len(item_positions)] = item_positions
+        classes[item, : len(item_classes)] = item_classes
+    return positions, classes
+
+
+def sampled_contrastive_loss(embeddings: Tensor, target: Tensor, *, temperature: float = 0.1) -> Tensor:
+    """Compute the supervised contrastive loss among given samples, all batch items at once.
+
+    Parameters
+    ----------
+    embeddings : (B, E, n) Tensor
+        Raw projection-head output of the samples; normalised over ``E`` here.
+    target : (B, n) Tensor
+        Their classes; ``IGNORE_INDEX`` marks padding, which is neither anchor, positive nor
+        negative.
+    temperature : float
+        Softmax temperature ``T > 0``.
+
+    Returns
+    -------
+    loss : () Tensor
+        The mean anchor loss of :func:`supervised_contrastive_loss` over the samples; a zero that
+        keeps the graph when no anchor has a positive. Nothing here waits for the device.
+    """
+    compute_dtype = torch.promote_types(embeddings.dtype, torch.float32)
+    device_type = embeddings.device.type
+    autocast_off = (
+        torch.autocast(device_type=device_type, enabled=False)
+        if torch.amp.is_autocast_available(device_type)
+        else contextlib.nullcontext()
+    )
+    # Autocast would run the similarity matmul in half precision, where exp(sim / 0.1) overflows.
+    with autocast_off:
+        z = F.normalize(embeddings.to(compute_dtype), dim=1)  # (B, E, n)
+        # z·z <= 1 with equality for a voxel with itself: subtracting 1 keeps exp() finite, and
+        # (as any constant per row) changes nothing else.
+        similarity = (z.transpose(1, 2) @ z - 1.0) / temperature  # (B, n, n)
+        labelled = target != IGNORE_INDEX
+        not_self = ~torch.eye(target.shape[1], dtype=torch.bool, device=target.device)
+        pair = labelled[:, :, None] & labelled[:, None, :] & not_self
+        # A finite fill (exp() of it is 0): a row without pairs keeps a finite log-sum-exp, whose
+        # gradient would otherwise be NaN.
+        log_denominator = torch.logsumexp(similarity.masked_fill(~pair, -1.0e4), dim=2, keepdim=True)
+        log_prob = similarity - log_denominator
+        positive = pair & (target[:, :, None] == target[:, None, :])
+        num_positives = positive.sum(dim=2)
+        # where (not multiply): log_prob outside the positives must not leak into the sum.
+        anchor_loss = -torch.where(positive, log_prob, 0.0).sum(dim=2) / num_positives.clamp_min(1)
+        has_positive = num_positives > 0
+        total = torch.where(has_positive, anchor_loss, 0.0).sum()
+        return total / has_positive.sum().clamp_min(1)
 
 
 def supervised_contrastive_loss(
@@ -113,44 +207,8 @@ def supervised_contrastive_loss(
     if bool((target < IGNORE_INDEX).any()):
         raise ValueError(f"target values must be >= 0 or equal IGNORE_INDEX ({IGNORE_INDEX})")
 
-    compute_dtype = torch.promote_types(embeddings.dtype, torch.float32)
-    device_type = embeddings.device.type
-    autocast_off = (
-        torch.autocast(device_type=device_type, enabled=False)
-        if torch.amp.is_autocast_available(device_type)
-        else contextlib.nullcontext()
-    )
-    total = embeddings.new_zeros((), dtype=compute_dtype)
-    num_anchors = 0
-    # Autocast would run the similarity matmul in half precision, where exp(sim / 0.1) overflows.
-    with autocast_off:
-        flat_embeddings = embeddings.flatten(2)  # (B, E, N)
-        flat_target = target.flatten(1)  # (B, N)
-        for item in range(embeddings.shape[0]):
-            labelled_positions = (flat_target[item] != IGNORE_INDEX).nonzero().squeeze(1)
-            if labelled_positions.numel() < 2:
-                continue
-            sample = balanced_sample(flat_target[item, labelled_positions], int(max_samples), generator)
-            if sample is None:
-                continue
-            chosen, classes = sample
-            z = flat_embeddings[item][:, labelled_positions[chosen]].t().to(compute_dtype)  # (n, E)
-            z = F.normalize(z, dim=1)
-            similarity = (z @ z.t()) / temperature  # (n, n)
-            # Subtracting the (detached) row maximum changes nothing mathematically but keeps exp finite.
-            similarity = similarity - similarity.amax(dim=1, keepdim=True).detach()
-            is_self = torch.eye(len(classes), dtype=torch.bool, device=z.device)
-            log_denominator = torch.logsumexp(
-                similarity.masked_fill(is_self, float("-inf")), dim=1, keepdim=True
-            )
-            log_prob = similarity - log_denominator
-            positive = (classes[:, None] == classes[None, :]) & ~is_self
-            num_positives = positive.sum(dim=1)
-            has_positive = num_positives > 0
-            # where (not multiply): log_prob on the diagonal must not leak into the sum.
-            anchor_loss = -torch.where(positive, log_prob, 0.0).sum(dim=1) / num_positives.clamp_min(1)
-            total = total + anchor_loss[has_positive].sum()
-            num_anchors += int(has_positive.sum())
-    if num_anchors == 0:
-        return embeddings.sum() * 0.0
-    return total / num_anchors
+    flat_target = target.flatten(1)
+    positions, classes = sample_labelled(flat_target, int(max_samples), generator)
+    flat_embeddings = embeddings.flatten(2)
+    sampled = torch.gather(flat_embeddings, 2, positions[:, None].expand(-1, flat_embeddings.shape[1], -1))
+    return sampled_contrastive_loss(sampled, classes, temperature=temperature)
