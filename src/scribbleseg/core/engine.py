@@ -400,7 +400,9 @@ class Trainer:
             list(self._average.parameters()), [p.detach() for p in self.model.parameters()], 1.0 - decay
         )
         # Batch-norm statistics: the latest (recalibrated after a run).
-        torch._foreach_copy_(list(self._average.buffers()), list(self.model.buffers()))
+        buffers = list(self._average.buffers())
+        if buffers:  # (a network without buffers has none to copy; foreach refuses empty lists)
+            torch._foreach_copy_(buffers, list(self.model.buffers()))
 
     def _adopt_average(self) -> None:
         """At the end of a run, put the averaged weights into ``self.model``; keep the raw ones."""
