@@ -112,7 +112,14 @@ def sampled_contrastive_loss(embeddings: Tensor, target: Tensor, *, temperature:
     loss : () Tensor
         The mean anchor loss of :func:`supervised_contrastive_loss` over the samples; a zero that
         keeps the graph when no anchor has a positive. Nothing here waits for the device.
+
+    Raises
+    ------
+    ValueError
+        If ``temperature <= 0``.
     """
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature!r}")
     compute_dtype = torch.promote_types(embeddings.dtype, torch.float32)
     device_type = embeddings.device.type
     autocast_off = (
@@ -180,8 +187,7 @@ def supervised_contrastive_loss(
     Returns
     -------
     loss : () Tensor
-        The mean anchor loss; ``embeddings.sum() * 0.0`` (a zero that keeps the graph) when no
-        anchor has a positive.
+        The mean anchor loss; a zero that keeps the graph when no anchor has a positive.
 
     Raises
     ------
