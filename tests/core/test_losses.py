@@ -476,6 +476,7 @@ def test_crf_rejects_probs_that_are_not_2d_or_3d():
         (partial_dice_loss, dict(smooth=-1.0), "smooth"),
         (supervised_contrastive_loss, dict(temperature=0.0), "temperature"),
         (supervised_contrastive_loss, dict(max_samples=1), "max_samples"),
+        (sampled_contrastive_loss, dict(temperature=-0.1), "temperature"),
     ],
 )
 def test_losses_reject_bad_options(loss_fn, kwargs, argument):
