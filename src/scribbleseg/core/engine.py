@@ -46,6 +46,7 @@ from scribbleseg.core.inference import (
 )
 from scribbleseg.core.losses import (
     crf_loss,
+    gather_samples,
     partial_cross_entropy,
     partial_dice_loss,
     sample_labelled,
@@ -747,7 +748,8 @@ class Trainer:
         teacher_weight = self._teacher_weight()
         batch = self.sampler.sample(self._teacher if teacher_weight > 0 else None)
         image = torch.from_numpy(batch.image).to(self.device, non_blocking=True)
-        target = torch.from_numpy(batch.target).to(self.device, non_blocking=True)
+        cpu_target = torch.from_numpy(batch.target)
+        target = cpu_target.to(self.device, non_blocking=True)
         valid = torch.from_numpy(batch.valid).to(self.device, non_blocking=True)
         soft = None
         if batch.teacher is not None:
@@ -756,7 +758,7 @@ class Trainer:
         if want_contrastive:
             # Drawn on the CPU from the CPU target and sent with the batch, before the device has
             # work queued: no device-to-host wait, and the same draws on any device.
-            positions, sampled_target = self._contrastive_sample(torch.from_numpy(batch.target))
+            positions, sampled_target = self._contrastive_sample(cpu_target)
 
         ramp = self._regularizer_ramp()
         want_crf = cfg.crf_weight > 0 and ramp > 0
@@ -830,10 +832,8 @@ class Trainer:
 
     def _sampled_embeddings(self, features: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         """Projection-head embeddings (B, E, n) of the features (B, F, *S) at ``positions`` (B, n)."""
-        flat = features.flatten(2)
-        vectors = torch.gather(flat, 2, positions[:, None].expand(-1, flat.shape[1], -1))
         with autocast_context(self.device, self._amp_dtype is not None):
-            return self.model.embed(vectors)
+            return self.model.embed(gather_samples(features, positions))
 
     def _pool(self, tensor: torch.Tensor) -> torch.Tensor:
         """Average-pool (B, C, *S) onto the CRF grid (a no-op at factor 1)."""

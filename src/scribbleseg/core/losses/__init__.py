@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from scribbleseg.core.losses.contrastive import (
     balanced_sample,
+    gather_samples,
     sample_labelled,
     sampled_contrastive_loss,
     supervised_contrastive_loss,
@@ -31,6 +32,7 @@ __all__ = [
     "balanced_sample",
     "crf_loss",
     "crf_loss_unfold",
+    "gather_samples",
     "partial_cross_entropy",
     "partial_dice_loss",
     "sample_labelled",

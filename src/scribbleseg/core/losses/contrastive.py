@@ -21,7 +21,13 @@ from torch import Tensor
 
 from scribbleseg.core.losses.partial import IGNORE_INDEX
 
-__all__ = ["balanced_sample", "sample_labelled", "sampled_contrastive_loss", "supervised_contrastive_loss"]
+__all__ = [
+    "balanced_sample",
+    "gather_samples",
+    "sample_labelled",
+    "sampled_contrastive_loss",
+    "supervised_contrastive_loss",
+]
 
 
 def balanced_sample(
@@ -92,6 +98,12 @@ def sample_labelled(
         positions[item, : len(item_positions)] = item_positions
         classes[item, : len(item_classes)] = item_classes
     return positions, classes
+
+
+def gather_samples(values: Tensor, positions: Tensor) -> Tensor:
+    """Return ``values`` (B, C, *S) at the flat voxel ``positions`` (B, n) of each item: (B, C, n)."""
+    flat = values.flatten(2)
+    return torch.gather(flat, 2, positions[:, None].expand(-1, flat.shape[1], -1))
 
 
 def sampled_contrastive_loss(embeddings: Tensor, target: Tensor, *, temperature: float = 0.1) -> Tensor:
@@ -215,6 +227,4 @@ def supervised_contrastive_loss(
 
     flat_target = target.flatten(1)
     positions, classes = sample_labelled(flat_target, int(max_samples), generator)
-    flat_embeddings = embeddings.flatten(2)
-    sampled = torch.gather(flat_embeddings, 2, positions[:, None].expand(-1, flat_embeddings.shape[1], -1))
-    return sampled_contrastive_loss(sampled, classes, temperature=temperature)
+    return sampled_contrastive_loss(gather_samples(embeddings, positions), classes, temperature=temperature)

@@ -287,8 +287,8 @@ def _window_products(
         else:  # one channel at a time, with N-sized buffers
             torch.sub(guide[(every, 0, *source)], guide[(every, 0, *destination)], out=weight)
             torch.addcmul(zero, weight, weight, value=-1.0, out=weight)
+            difference = difference_buffer[: weight.numel()].view_as(weight) if num_guide > 1 else weight
             for channel in range(1, num_guide):
-                difference = difference_buffer[: weight.numel()].view_as(weight)
                 torch.sub(
                     guide[(every, channel, *source)], guide[(every, channel, *destination)], out=difference
                 )
