@@ -180,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--batch-size", type=_batch_size, help="patches per step (default 4 in 2D, 2 in 3D)")
     train.add_argument("--learning-rate", type=_positive_float, help="AdamW learning rate")
     train.add_argument(
+        "--intensity-augmentation",
+        type=_non_negative,
+        default=TrainConfig.intensity_augmentation,
+        metavar="S",
+        help="spread of the random intensity scale/shift of training patches, as a multiple of the "
+        f"default (0 = none; default {TrainConfig.intensity_augmentation})",
+    )
+    train.add_argument(
         "--contrastive-weight",
         type=_non_negative,
         default=defaults.contrastive_weight,
@@ -447,6 +455,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         "forest_blend_steps": args.forest_blend_steps,
         "prevalence_correction": args.prevalence_correction,
         "crf_refinement": args.crf_refinement,
+        "intensity_augmentation": args.intensity_augmentation,
     }
     if args.steps is None and args.time_budget is None:
         train_options["time_budget"] = 120.0

@@ -412,11 +412,38 @@ def test_without_weight_averaging_the_model_is_the_last_step(blobs2d):
         ({"seed": 2**63}, "seed must be in"),
         ({"batch_size": 10**11}, "batch_size must be in"),
         ({"weight_average": 1.0}, "weight_average must be in"),
+        ({"intensity_augmentation": -0.5}, "intensity_augmentation must be a finite number >= 0"),
+        ({"intensity_augmentation": float("nan")}, "intensity_augmentation must be a finite number >= 0"),
     ],
 )
 def test_train_config_refuses_values_the_cli_refuses(options, message):
     with pytest.raises(ConfigError, match=message):
         TrainConfig(**options)
+
+
+def test_intensity_augmentation_scales_the_jitter_and_leaves_patches_and_flips_alone(blobs2d):
+    image, scribbles, _ = blobs2d
+    batches = {}
+    for jitter in (1.0, 0.5, 0.0):
+        trainer = _trainer(image, scribbles, steps=1, intensity_augmentation=jitter)
+        batches[jitter] = [trainer.sampler.sample() for _ in range(3)]
+    for default, half, none in zip(batches[1.0], batches[0.5], batches[0.0], strict=True):
+        # The same patches and flips (the draws are made whatever the spread) ...
+        np.testing.assert_array_equal(default.target, none.target)
+        np.testing.assert_array_equal(default.target, half.target)
+        # ... each patch of the default an affine map (scale, shift) of the unjittered one, half
+        # as far from it at half the spread.
+        for full_item, half_item, plain in zip(default.image, half.image, none.image, strict=True):
+            x = plain.ravel().astype(np.float64)
+            scale, shift = np.polyfit(x, full_item.ravel().astype(np.float64), 1)
+            half_scale, half_shift = np.polyfit(x, half_item.ravel().astype(np.float64), 1)
+            assert (scale, shift) != pytest.approx((1.0, 0.0), abs=1e-4)
+            assert half_scale - 1 == pytest.approx((scale - 1) / 2, abs=1e-4)
+            assert half_shift == pytest.approx(shift / 2, abs=1e-4)
+    # Without jitter a patch holds the normalised image's own values.
+    plain = batches[0.0][0].image[0]
+    normalised = trainer.source.read(tuple(slice(0, s) for s in trainer.source.spatial_shape))
+    assert np.isin(plain.ravel(), normalised.ravel()).all()
 
 
 def test_first_previews_come_from_the_feature_forest_then_from_the_network(blobs2d):

@@ -690,6 +690,7 @@ NUMERIC_OPTIONS = {
     "--seed": "seed",
     "--batch-size": "batch_size",
     "--learning-rate": "learning_rate",
+    "--intensity-augmentation": "intensity_augmentation",
     "--contrastive-weight": "contrastive_weight",
     "--crf-weight": "crf_weight",
     "--dynamic-crf-weight": "dynamic_crf_weight",

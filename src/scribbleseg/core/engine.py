@@ -221,6 +221,7 @@ class Trainer:
             batch_size=self.batch_size,
             label_probability=train.label_sampling_probability,
             rng=self._rng,
+            intensity_jitter=train.intensity_augmentation,
         )
         self.optimizer = torch.optim.AdamW(
             self.model.parameters(), lr=train.learning_rate, weight_decay=train.weight_decay

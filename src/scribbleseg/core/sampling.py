@@ -9,6 +9,7 @@ so this works unchanged on zarr / dask images larger than memory.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -61,6 +62,10 @@ class PatchSampler:
     augment : bool
         Random flips (every axis), 90° rotations in the plane when it is
         isotropic and square, and a small intensity scale/shift.
+    intensity_jitter : float
+        Multiplier of the intensity scale/shift's spread (scale sd 0.1, shift sd 0.05 of the
+        normalised range at 1; 0 leaves intensities as they are). The draws are made whatever it
+        is, so two samplers with the same ``rng`` draw the same patches and flips.
     """
 
     def __init__(
@@ -73,7 +78,10 @@ class PatchSampler:
         label_probability: float,
         rng: np.random.Generator,
         augment: bool = True,
+        intensity_jitter: float = 1.0,
     ) -> None:
+        if not (math.isfinite(intensity_jitter) and intensity_jitter >= 0):
+            raise ValueError(f"intensity_jitter must be a finite number >= 0, got {intensity_jitter}")
         if len(patch_size) != source.spatial_dims:
             raise ValueError(
                 f"patch_size {patch_size} must have one entry per spatial axis of the image "
@@ -88,6 +96,7 @@ class PatchSampler:
         self.label_probability = float(label_probability)
         self.rng = rng
         self.augment = augment
+        self.intensity_jitter = float(intensity_jitter)
         self._set_rotation()
 
     def _set_rotation(self) -> None:
@@ -168,7 +177,8 @@ class PatchSampler:
                 target = np.rot90(target, k, axes=(-2, -1))
                 valid = np.rot90(valid, k, axes=(-2, -1))
                 teacher = None if teacher is None else np.rot90(teacher, k, axes=(-2, -1))
-        scale = 1.0 + 0.1 * self.rng.standard_normal()
-        shift = 0.05 * self.rng.standard_normal()
-        image = image * np.float32(scale) + np.float32(shift)
+        scale = 1.0 + 0.1 * self.intensity_jitter * self.rng.standard_normal()
+        shift = 0.05 * self.intensity_jitter * self.rng.standard_normal()
+        if self.intensity_jitter:
+            image = image * np.float32(scale) + np.float32(shift)
         return image, target, valid, teacher
