@@ -19,7 +19,9 @@ forest alone, refined or not, with the network's class prevalence matched to the
 beside the ilastik-equivalent forest of ``accuracy.py`` on the same annotation. ``recalibration``
 trains one set and re-estimates the network's batch-norm statistics several times
 (``Trainer.recalibrate_batch_norm``, each time on other patches): how much do the network and the
-mix depend on which patches that draws?
+mix depend on which patches that draws? ``prevalence`` re-weights the cached mix to the class
+shares it implies (``core/prevalence.py``) before the refinement: does it move the MRI's
+background / grey-matter split to where the truth has it?
 
     python benchmarks/blend_offline.py sets nuclei2d/points/dense/0 nuclei2d/points/sparse/0 \\
         nuclei2d/points/sparse/1 nuclei2d/scribbles/dense/0 nuclei2d/scribbles/sparse/0 \\
@@ -32,6 +34,8 @@ mix depend on which patches that draws?
     python benchmarks/blend_offline.py ceiling mri3d/scribbles/sparse/{0,1,2} \
         mri3d/scribbles/dense/{0,1,2}       # the best any mix reaches, from the cache (6 min)
     python benchmarks/blend_offline.py recalibration mri3d/scribbles/dense/0      # about 6 min
+    python benchmarks/blend_offline.py prevalence mri3d/scribbles/sparse/{0,1,2} \\
+        mri3d/scribbles/dense/{0,1,2}       # the mix re-weighted to its class shares (6 min)
 """
 
 from __future__ import annotations
@@ -248,6 +252,43 @@ def ceiling(specs: list[str], weights: list[float]) -> None:
         print(f"  {key}: {np.mean(dice):.4f}  ({', '.join(f'{d:.4f}' for d in dice)})", flush=True)
 
 
+def prevalence(specs: list[str]) -> None:
+    """The refined mix at the default's weight, re-weighted to the prevalence it implies, from the cache.
+
+    Rows: the mix as the defaults make it; each of network and forest re-weighted by its own
+    estimate first (:func:`~scribbleseg.core.prevalence.estimate_factors`, as
+    ``TrainConfig.prevalence_correction`` does); the mix re-weighted by its estimate; the same with
+    the factors' square roots (half the correction in log terms). Every row refined as prediction
+    does. The last lines give each row's mean over the sets.
+    """
+    from scribbleseg.core.prevalence import estimate_factors, reweight
+
+    rows: dict[str, list[float]] = {}
+    for spec in specs:
+        data, sample, source, image, _, values = _cached(spec)
+        network, forest = data["net"].astype(np.float32), data["forest"].astype(np.float32)
+        a = float(data["w"])
+        mix = (1 - a) * network + a * forest
+        factors = estimate_factors(mix)
+        variants = {
+            "the defaults' mix": mix,
+            "each corrected, then mixed": (1 - a) * reweight(network, estimate_factors(network))
+            + a * reweight(forest, estimate_factors(forest)),
+            "the mix corrected": reweight(mix, factors),
+            "the mix half corrected": reweight(mix, np.sqrt(factors)),
+        }
+        cells = []
+        for key, probabilities in variants.items():
+            refined = _refine(probabilities, image, source, data["sigma"], 1.0)
+            rows.setdefault(key, []).append(_dice(refined, values, sample))
+            cells.append(f"{key} {rows[key][-1]:.4f}")
+        shares = ", ".join(f"{f / len(factors):.3f}" for f in factors)
+        print(f"{spec} (a = {a:.2f}, the mix's estimated shares {shares}): " + "; ".join(cells), flush=True)
+    print("mean over the sets:")
+    for key, dice in rows.items():
+        print(f"  {key}: {np.mean(dice):.4f}  ({', '.join(f'{d:.4f}' for d in dice)})", flush=True)
+
+
 def recalibration(spec: str, draws: int, batches: int, budget: float = 180.0) -> None:
     """The network and the refined mix after each of ``draws`` batch-norm recalibrations.
 
@@ -329,8 +370,12 @@ def main() -> int:
     five.add_argument("--draws", type=int, default=3)
     five.add_argument("--batches", type=int, default=8)
     five.add_argument("--budget", type=float, default=180.0)
+    six = sub.add_parser("prevalence", help="the refined mix re-weighted to its estimated class shares")
+    six.add_argument("specs", nargs="+", metavar="DATASET/KIND/DENSITY/SEED")
     args = parser.parse_args()
-    if args.what == "recalibration":
+    if args.what == "prevalence":
+        prevalence(args.specs)
+    elif args.what == "recalibration":
         recalibration(args.spec, args.draws, args.batches, args.budget)
     elif args.what == "ceiling":
         ceiling(args.specs, args.weights)

@@ -13,6 +13,7 @@ batch-norm statistics for the same weights:
 
     python benchmarks/bn_statistics.py mri3d/dense/dense/0              # dense labels, 300 steps
     python benchmarks/bn_statistics.py mri3d/scribbles/sparse/0 --method defaults
+    python benchmarks/bn_statistics.py mri3d/dense/dense/0 --train intensity_augmentation=0.0
 
 Sets are ``DATASET/KIND/DENSITY/SEED`` as in ``variants.py``. Nothing is written; the figures
 and what they led to are in ``docs/benchmarks.md``.
@@ -31,6 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import accuracy
+import variants
 
 
 def pooled_statistics(model: Any, sampler: Any, batches: int) -> Any:
@@ -74,12 +76,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--every", type=int, default=50)
     parser.add_argument("--batches", type=int, default=8, help="batches per estimate")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--train", nargs="*", default=[], metavar="NAME=VALUE", help="TrainConfig fields (as variants.py)"
+    )
     args = parser.parse_args(argv)
 
     import torch
 
+    from scribbleseg.core.config import TrainConfig
     from scribbleseg.core.inference import predict_probabilities, probabilities_to_labels
     from scribbleseg.samples import load_sample
+
+    train = {"forest_blend": 0.0, **variants.config_fields(TrainConfig, args.train)}
 
     try:
         dataset, kind, density, seed = args.set.split("/")
@@ -88,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     sample = load_sample(dataset)
     labels = accuracy.annotate(sample, kind, density, int(seed))
     source, target, trainer = accuracy.build_trainer(
-        sample, labels, args.method, seed=int(seed), threads=args.threads, forest_blend=0.0
+        sample, labels, args.method, seed=int(seed), threads=args.threads, **train
     )
     values = target.class_map.values
     shape = source.spatial_shape

@@ -15,6 +15,11 @@ scribbles and by up to 0.18 on five clicks per class (``docs/benchmarks.md``). T
         nuclei2d/scribbles/sparse/1 --loss teacher_steps=1000000000      # a teacher that stays
     python benchmarks/variants.py mri3d/dense/dense/1 mri3d/dense/dense/0 mri3d/dense/dense/2 \\
         --method dense --train learning_rate=1e-3                        # a lower 3D learning rate
+
+And of 2026-12-04 (fifth session): the defaults without the intensity jitter of training patches
+
+    python benchmarks/variants.py mri3d/scribbles/sparse/0 mri3d/scribbles/dense/0 \\
+        mri3d/scribbles/sparse/1 mri3d/scribbles/dense/1 --train intensity_augmentation=0.0
 """
 
 from __future__ import annotations
@@ -45,6 +50,15 @@ def _fields(pairs: list[str]) -> dict[str, Any]:
     return fields
 
 
+def config_fields(config: type, pairs: list[str]) -> dict[str, Any]:
+    """:func:`_fields` of ``pairs``, each a field of the dataclass ``config``."""
+    given = _fields(pairs)
+    unknown = sorted(set(given) - {field.name for field in fields(config)})
+    if unknown:
+        raise SystemExit(f"{config.__name__} has no field {', '.join(unknown)}")
+    return given
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -61,16 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budgets", type=float, nargs="+", default=[60.0, 180.0])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args(argv)
-    model, loss, train = _fields(args.model), _fields(args.loss), _fields(args.train)
-
     from scribbleseg.core.config import LossConfig, ModelConfig, TrainConfig
     from scribbleseg.samples import load_sample
 
-    for config, given in ((ModelConfig, model), (LossConfig, loss), (TrainConfig, train)):
-        unknown = sorted(set(given) - {field.name for field in fields(config)})
-        if unknown:
-            raise SystemExit(f"{config.__name__} has no field {', '.join(unknown)}")
-    overrides = {"model": model, "loss": loss, **train}
+    model, loss = config_fields(ModelConfig, args.model), config_fields(LossConfig, args.loss)
+    overrides = {"model": model, "loss": loss, **config_fields(TrainConfig, args.train)}
 
     for spec in args.sets:
         try:

@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))
 
@@ -50,6 +51,39 @@ def test_ceiling_prints_every_mix_beside_the_forest_of_accuracy_py(tmp_path, mon
     # Below a half the shifted network decides wherever the two disagree.
     assert float(rows["network alone"]) == float(rows["a = the default's"]) < 0.99
     assert 0.8 < float(rows["ilastik-equivalent RF"]) < 1.0
+
+
+def test_prevalence_prints_each_correction_of_the_mix(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(blend_offline, "CACHE", tmp_path)
+    sample = load_sample("nuclei2d")
+    truth = np.stack([sample.ground_truth == value for value in (1, 2)]).astype(np.float32)
+    forest = 0.9 * truth + 0.05
+    np.savez_compressed(
+        tmp_path / "nuclei2d_scribbles_sparse_0.npz",
+        net=forest,
+        forest=forest,
+        w=np.float32(0.5),
+        sigma=np.array([0.1]),
+        steps=12,
+    )
+    blend_offline.prevalence(["nuclei2d/scribbles/sparse/0"])
+    out = capsys.readouterr().out
+    rows = dict(re.findall(r"^  (.+?): ([01]\.\d+)", out, flags=re.M))
+    assert set(rows) == {
+        "the defaults' mix",
+        "each corrected, then mixed",
+        "the mix corrected",
+        "the mix half corrected",
+    }
+    dice = {key: float(value) for key, value in rows.items()}
+    # Network and forest are the same map: correcting each, then mixing, is correcting the mix.
+    assert dice["each corrected, then mixed"] == dice["the mix corrected"]
+    # The softened truth is refined as prediction refines it; the half correction lies between.
+    assert 0.9 < dice["the defaults' mix"] <= 1.0
+    low, high = sorted((dice["the defaults' mix"], dice["the mix corrected"]))
+    assert low <= dice["the mix half corrected"] <= high
+    shares = re.search(r"estimated shares ([\d.]+), ([\d.]+)", out)
+    assert float(shares[1]) + float(shares[2]) == pytest.approx(1.0, abs=0.002)
 
 
 def test_recalibration_reports_each_draw(capsys):
