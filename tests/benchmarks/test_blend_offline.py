@@ -29,20 +29,25 @@ def test_matched_network_takes_the_reference_prevalence():
     np.testing.assert_allclose(ratio, ratio.flat[0], rtol=1e-5)
 
 
-def test_ceiling_prints_every_mix_beside_the_forest_of_accuracy_py(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(blend_offline, "CACHE", tmp_path)
+def _cache_sparse_scribbles(folder, *, shift: int, weight: float) -> None:
+    """A cache of ``sets`` for nuclei2d/scribbles/sparse/0: the forest is the softened ground truth,
+    the network the same shifted right by ``shift`` pixels, mixed at ``weight``."""
     sample = load_sample("nuclei2d")
     truth = np.stack([sample.ground_truth == value for value in (1, 2)]).astype(np.float32)
     forest = 0.9 * truth + 0.05
-    network = np.roll(forest, 3, axis=2)  # right-shifted: worse than the forest
     np.savez_compressed(
-        tmp_path / "nuclei2d_scribbles_sparse_0.npz",
-        net=network,
+        folder / "nuclei2d_scribbles_sparse_0.npz",
+        net=np.roll(forest, shift, axis=2),
         forest=forest,
-        w=np.float32(0.3),
+        w=np.float32(weight),
         sigma=np.array([0.1]),
         steps=12,
     )
+
+
+def test_ceiling_prints_every_mix_beside_the_forest_of_accuracy_py(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(blend_offline, "CACHE", tmp_path)
+    _cache_sparse_scribbles(tmp_path, shift=3, weight=0.3)  # the network worse than the forest
     blend_offline.ceiling(["nuclei2d/scribbles/sparse/0"], [0.8])
     out = capsys.readouterr().out
     rows = dict(re.findall(r"^  (.+?): ([01]\.\d+)", out, flags=re.M))
@@ -55,17 +60,7 @@ def test_ceiling_prints_every_mix_beside_the_forest_of_accuracy_py(tmp_path, mon
 
 def test_prevalence_prints_each_correction_of_the_mix(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(blend_offline, "CACHE", tmp_path)
-    sample = load_sample("nuclei2d")
-    truth = np.stack([sample.ground_truth == value for value in (1, 2)]).astype(np.float32)
-    forest = 0.9 * truth + 0.05
-    np.savez_compressed(
-        tmp_path / "nuclei2d_scribbles_sparse_0.npz",
-        net=forest,
-        forest=forest,
-        w=np.float32(0.5),
-        sigma=np.array([0.1]),
-        steps=12,
-    )
+    _cache_sparse_scribbles(tmp_path, shift=0, weight=0.5)
     blend_offline.prevalence(["nuclei2d/scribbles/sparse/0"])
     out = capsys.readouterr().out
     rows = dict(re.findall(r"^  (.+?): ([01]\.\d+)", out, flags=re.M))
