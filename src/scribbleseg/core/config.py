@@ -291,9 +291,9 @@ class TrainConfig(_DictMixin):
     intensity_augmentation : float
         Spread of the random intensity scale and shift applied to each training patch, as a
         multiple of the default (scale sd 0.1, shift sd 0.05 of the normalised intensity range);
-        0 = none. Flips and rotations are not affected. Turning it off did not help on the
-        mri3d sample (3 of 4 paired defaults runs lower; ``docs/benchmarks.md``), so the default
-        stays 1.
+        0 = none. Flips and rotations are not affected. Turning it off did not help on either
+        sample (7 of 8 paired runs of the defaults lower or level; ``docs/benchmarks.md``), so the
+        default stays 1.
     point_radius : float
         Radius of the ball drawn for each point annotation, in units of the
         finest voxel spacing.
