@@ -217,6 +217,13 @@ def _matched(network: np.ndarray, reference: np.ndarray, iterations: int = 100) 
     return reweight(network, factors)
 
 
+def _print_means(rows: dict[str, list[float]]) -> None:
+    """Each row's mean Dice over the sets, and its per-set figures."""
+    print("mean over the sets:")
+    for key, dice in rows.items():
+        print(f"  {key}: {np.mean(dice):.4f}  ({', '.join(f'{d:.4f}' for d in dice)})", flush=True)
+
+
 def ceiling(specs: list[str], weights: list[float]) -> None:
     """The Dice of every mix of the cached network and forest, against the ilastik-equivalent forest.
 
@@ -247,9 +254,7 @@ def ceiling(specs: list[str], weights: list[float]) -> None:
                     rows.setdefault(key, []).append(_dice(probabilities, values, sample))
                     cells.append(f"{key} {rows[key][-1]:.4f}")
         print(f"{spec} ({int(data['steps'])} steps, the default's a = {default:.2f}): " + "; ".join(cells))
-    print("mean over the sets:")
-    for key, dice in rows.items():
-        print(f"  {key}: {np.mean(dice):.4f}  ({', '.join(f'{d:.4f}' for d in dice)})", flush=True)
+    _print_means(rows)
 
 
 def prevalence(specs: list[str]) -> None:
@@ -284,9 +289,7 @@ def prevalence(specs: list[str]) -> None:
             cells.append(f"{key} {rows[key][-1]:.4f}")
         shares = ", ".join(f"{f / len(factors):.3f}" for f in factors)
         print(f"{spec} (a = {a:.2f}, the mix's estimated shares {shares}): " + "; ".join(cells), flush=True)
-    print("mean over the sets:")
-    for key, dice in rows.items():
-        print(f"  {key}: {np.mean(dice):.4f}  ({', '.join(f'{d:.4f}' for d in dice)})", flush=True)
+    _print_means(rows)
 
 
 def recalibration(spec: str, draws: int, batches: int, budget: float = 180.0) -> None:

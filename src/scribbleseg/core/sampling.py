@@ -9,7 +9,6 @@ so this works unchanged on zarr / dask images larger than memory.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -64,8 +63,9 @@ class PatchSampler:
         isotropic and square, and a small intensity scale/shift.
     intensity_jitter : float
         Multiplier of the intensity scale/shift's spread (scale sd 0.1, shift sd 0.05 of the
-        normalised range at 1; 0 leaves intensities as they are). The draws are made whatever it
-        is, so two samplers with the same ``rng`` draw the same patches and flips.
+        normalised range at 1; 0 leaves intensities as they are; checked by
+        ``TrainConfig.intensity_augmentation``). The draws are made whatever it is, so two
+        samplers with the same ``rng`` draw the same patches and flips.
     """
 
     def __init__(
@@ -80,8 +80,6 @@ class PatchSampler:
         augment: bool = True,
         intensity_jitter: float = 1.0,
     ) -> None:
-        if not (math.isfinite(intensity_jitter) and intensity_jitter >= 0):
-            raise ValueError(f"intensity_jitter must be a finite number >= 0, got {intensity_jitter}")
         if len(patch_size) != source.spatial_dims:
             raise ValueError(
                 f"patch_size {patch_size} must have one entry per spatial axis of the image "
@@ -179,6 +177,5 @@ class PatchSampler:
                 teacher = None if teacher is None else np.rot90(teacher, k, axes=(-2, -1))
         scale = 1.0 + 0.1 * self.intensity_jitter * self.rng.standard_normal()
         shift = 0.05 * self.intensity_jitter * self.rng.standard_normal()
-        if self.intensity_jitter:
-            image = image * np.float32(scale) + np.float32(shift)
+        image = image * np.float32(scale) + np.float32(shift)
         return image, target, valid, teacher

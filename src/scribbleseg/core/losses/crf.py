@@ -270,9 +270,13 @@ def _window_products(
     # nothing, and every operation in it is in place.
     weight_buffer = probs.new_empty(math.prod(probs.shape[:1] + probs.shape[2:]))
     one_difference = num_guide > 1 and not per_channel
-    difference_buffer = guide.new_empty(
-        guide.numel() if one_difference else weight_buffer.numel() if num_guide > 1 else 0
-    )
+    if one_difference:  # one (B, G, region) difference
+        buffer_size = guide.numel()
+    elif num_guide > 1:  # one channel's difference at a time
+        buffer_size = weight_buffer.numel()
+    else:  # a single channel needs none
+        buffer_size = 0
+    difference_buffer = guide.new_empty(buffer_size)
     zero = probs.new_zeros(())
     every = slice(None)
     for source, destination, spatial_weight in regions:
