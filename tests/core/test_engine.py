@@ -362,6 +362,65 @@ def test_a_failing_step_keeps_the_model_of_the_last_good_step(blobs2d):
         assert torch.equal(value, states[-1][name]), name  # weights and batch-norm buffers of step 2
 
 
+def _inject_non_finite(trainer: Trainer, *, nan_input: set[int], nan_gradient: set[int]) -> None:
+    """Make forward pass ``k`` (1-based) see a NaN image, or its backward pass a NaN gradient.
+
+    The NaN image reaches the loss and the batch-norm statistics; the NaN gradient is what
+    torch 2.13's oneDNN bf16 conv3d backward sometimes returns (docs/architecture.md).
+    """
+    forward, calls = trainer.model.forward, [0]
+
+    def forward_with_faults(x, *args, **kwargs):
+        calls[0] += 1
+        return forward(x * float("nan") if calls[0] in nan_input else x, *args, **kwargs)
+
+    def gradient_with_faults(grad: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(grad, float("nan")) if calls[0] in nan_gradient else grad
+
+    trainer.model.forward = forward_with_faults
+    next(trainer.model.parameters()).register_hook(gradient_with_faults)
+
+
+def test_a_step_with_a_non_finite_loss_or_gradient_is_skipped_and_training_goes_on(blobs2d):
+    image, scribbles, _ = blobs2d
+    trainer = _trainer(image, scribbles, steps=5, weight_average=0.0)
+    _inject_non_finite(trainer, nan_input={2}, nan_gradient={4})
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    updates = []
+    for update in trainer.run():
+        state = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+        if update.message is not None and "step skipped" in update.message:
+            # Neither the weights nor the batch-norm statistics moved.
+            assert all(torch.equal(value, before[name]) for name, value in state.items())
+        updates.append(update)
+        before = state
+    skipped = [u for u in updates if u.message is not None and "step skipped" in u.message]
+    assert [u.step for u in skipped] == [1, 2]  # the second and the fourth pass, not counted as steps
+    assert "not finite" in skipped[0].message and "1 in a row" in skipped[0].message
+    assert not np.isfinite(skipped[0].loss) and np.isfinite(
+        skipped[1].loss
+    )  # the NaN image, the NaN gradient
+    assert trainer.step == 5 and updates[-1].done and updates[-1].reason == "steps"
+    assert all(torch.isfinite(value).all() for value in trainer.model.state_dict().values())
+    probabilities = predict_probabilities(trainer.model, trainer.source, device="cpu")
+    assert np.isfinite(probabilities).all()
+
+
+def test_training_stops_with_a_clear_error_when_every_step_is_non_finite(blobs2d):
+    image, scribbles, _ = blobs2d
+    trainer = _trainer(image, scribbles, steps=100, weight_average=0.0)
+    _inject_non_finite(trainer, nan_input=set(), nan_gradient=set(range(3, 1000)))
+    states = []
+    with pytest.raises(
+        ScribbleSegError, match="the last 20 steps all gave a loss or gradients that are not finite"
+    ):
+        for _ in trainer.run():
+            states.append({k: v.clone() for k, v in trainer.model.state_dict().items()})
+    assert len(states) == 2 + 19 and trainer.step == 2 and not trainer.model.training
+    for name, value in trainer.model.state_dict().items():
+        assert torch.equal(value, states[1][name]), name  # the model of step 2
+
+
 def _weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: value.detach().clone() for name, value in model.named_parameters()}
 

@@ -136,6 +136,16 @@ class TrainUpdate:
 _MIN_OOM_PATCH = 32
 
 
+def _join(first: str | None, second: str) -> str:
+    """Two messages for the user as one."""
+    return second if first is None else f"{first}; {second}"
+
+
+#: Steps in a row whose loss or gradients are not finite after which a run gives up (each such
+#: step is skipped: the weights keep their last finite values).
+MAX_NON_FINITE_STEPS = 20
+
+
 @dataclass
 class _PendingLabels:
     region: tuple[slice, ...]
@@ -231,6 +241,7 @@ class Trainer:
         # previews and prediction do use bf16 (predict_region / blockwise, amp=True).
         self._amp_dtype = amp_dtype(self.device, train.amp) if self.device.type == "cuda" else None
         self._scaler = torch.amp.GradScaler("cuda", enabled=self._amp_dtype == torch.float16)
+        self._non_finite_steps = 0  # skipped steps in a row (MAX_NON_FINITE_STEPS)
 
         spacing = tuple(float(s) for s in source.spacing)
         # The CRF terms run on a coarser grid (LossConfig.crf_downsample; see config.crf_grid).
@@ -344,8 +355,14 @@ class Trainer:
             self._update_teacher()
             norm_state = self._norm_state()
             message, self._teacher_message = self._teacher_message, None
+            taken = False
             try:
-                loss_value, terms = self._train_step()
+                loss_value, terms, taken = self._train_step()
+                if taken:
+                    self._non_finite_steps = 0
+                else:
+                    self._restore_norm_state(norm_state)
+                    message = _join(message, self._skip_non_finite_step())  # raises after too many
             except BaseException as exc:
                 # Keep the model of the last good step: its weights are untouched (the optimizer
                 # step comes last) and its batch-norm statistics are restored.
@@ -354,8 +371,8 @@ class Trainer:
                     self.model.eval()  # as after a normal run
                     self._teacher_cancel.set()
                     raise
-                message = self._recover_from_out_of_memory()
-            if message is not None:
+                message = _join(message, self._recover_from_out_of_memory())
+            if not taken:
                 yield record(message=message)
                 continue
             self.step += 1
@@ -368,7 +385,8 @@ class Trainer:
                     preview = self.preview()
                 except torch.OutOfMemoryError:
                     self._release_memory()
-                    message = "out of memory while drawing the preview: it is skipped this time"
+                    skipped = "out of memory while drawing the preview: it is skipped this time"
+                    message = _join(message, skipped)
             yield record(preview=preview, message=message)
         if not checkpoint or reason == "stopped":
             self._teacher_cancel.set()  # a forest still being fitted is abandoned (fitted again next run)
@@ -744,7 +762,13 @@ class Trainer:
             return 1.0
         return float(np.clip((self.step - warmup) / warmup, 0.0, 1.0))
 
-    def _train_step(self) -> tuple[float, Mapping[str, float]]:
+    def _train_step(self) -> tuple[float, Mapping[str, float], bool]:
+        """One optimizer step; return the loss, its terms and whether the step was taken.
+
+        A step whose loss or gradients are not finite (NaN or inf) is not taken: the weights and
+        the optimizer's state stay as they were (with float16 autocast the gradient scaler does the
+        same for gradients, which overflow now and then by design while it finds its scale).
+        """
         cfg = self.loss_config
         teacher_weight = self._teacher_weight()
         batch = self.sampler.sample(self._teacher if teacher_weight > 0 else None)
@@ -808,13 +832,44 @@ class Trainer:
 
         self.optimizer.zero_grad(set_to_none=True)
         self._scaler.scale(total).backward()
-        self._scaler.step(self.optimizer)
-        self._scaler.update()
-        # One device-to-host copy for all the numbers (each float() of a GPU tensor waits for it).
-        scalars = [total, *terms.values()]
-        numbers = torch.stack([value.detach().float() for value in scalars]).tolist()
-        values = dict(zip(terms, numbers[1:], strict=True))
-        return numbers[0], MappingProxyType(values)
+        checks = [total.detach().float()]
+        if not self._scaler.is_enabled():
+            grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+            if grads:  # their norms' sum is finite exactly when every gradient is
+                checks.append(torch.stack(torch._foreach_norm(grads)).float().sum())
+        # One device-to-host copy for all the numbers (each float() of a GPU tensor waits for it),
+        # before the optimizer step, which needs to know whether they are finite.
+        numbers = torch.stack([*checks, *(value.detach().float() for value in terms.values())]).tolist()
+        values = dict(zip(terms, numbers[len(checks) :], strict=True))
+        finite = all(math.isfinite(number) for number in numbers[: len(checks)])
+        if finite:
+            self._scaler.step(self.optimizer)
+            self._scaler.update()
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+        return numbers[0], MappingProxyType(values), finite
+
+    def _skip_non_finite_step(self) -> str:
+        """Count a step that was not taken for a non-finite loss or gradient; return the message.
+
+        Raises
+        ------
+        ScribbleSegError
+            After :data:`MAX_NON_FINITE_STEPS` such steps in a row: training has diverged.
+        """
+        self._non_finite_steps += 1
+        if self._non_finite_steps >= MAX_NON_FINITE_STEPS:
+            self._non_finite_steps = 0
+            raise ScribbleSegError(
+                f"training stopped: the last {MAX_NON_FINITE_STEPS} steps all gave a loss or "
+                "gradients that are not finite (NaN or inf), so the network has not been changed "
+                "by them. Try a lower learning rate, or turn mixed precision off (--float32 on the "
+                "command line, TrainConfig(amp=False))"
+            )
+        return (
+            f"step skipped: its loss or gradients were not finite (NaN or inf); the weights are "
+            f"unchanged ({self._non_finite_steps} in a row, training stops at {MAX_NON_FINITE_STEPS})"
+        )
 
     def _contrastive_sample(self, target: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Positions (B, n) and targets (B, n) of class-balanced samples of labelled voxels.
