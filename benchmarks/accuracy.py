@@ -146,20 +146,32 @@ def foreground_dice(labels: np.ndarray, sample: Any) -> float:
 
 
 # ----------------------------------------------------------------------------- methods
-def run_rf(sample: Any, labels: np.ndarray, *, seed: int, threads: int) -> dict[str, Any]:
+def _fit_rf(sample: Any, labels: np.ndarray, *, seed: int, threads: int) -> tuple[Any, np.ndarray]:
+    """The ilastik-equivalent forest fitted on ``labels``, and the image's feature table (voxels, F)."""
     from sklearn.ensemble import RandomForestClassifier
 
     from scribbleseg.core.features import filter_bank
 
-    start = time.perf_counter()
     features = filter_bank(sample.image[None].astype(np.float32), spacing=sample.spacing)
     table = features.reshape(len(features), -1).T
     labelled = labels.ravel() > 0
     forest = RandomForestClassifier(n_estimators=100, n_jobs=threads, random_state=seed)
     forest.fit(table[labelled], labels.ravel()[labelled])
+    return forest, table
+
+
+def run_rf(sample: Any, labels: np.ndarray, *, seed: int, threads: int) -> dict[str, Any]:
+    start = time.perf_counter()
+    forest, table = _fit_rf(sample, labels, seed=seed, threads=threads)
     prediction = forest.predict(table).reshape(labels.shape)
     seconds = time.perf_counter() - start
     return {"dice": {"any": foreground_dice(prediction, sample)}, "seconds": seconds}
+
+
+def rf_probabilities(sample: Any, labels: np.ndarray, *, seed: int, threads: int) -> np.ndarray:
+    """The ilastik-equivalent forest's class probabilities (C, *spatial), classes in ascending order."""
+    forest, table = _fit_rf(sample, labels, seed=seed, threads=threads)
+    return forest.predict_proba(table).T.reshape(-1, *labels.shape).astype(np.float32)
 
 
 def loss_for(method: str) -> Any:

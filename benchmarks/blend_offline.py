@@ -21,7 +21,8 @@ trains one set and re-estimates the network's batch-norm statistics several time
 (``Trainer.recalibrate_batch_norm``, each time on other patches): how much do the network and the
 mix depend on which patches that draws? ``prevalence`` re-weights the cached mix to the class
 shares it implies (``core/prevalence.py``) before the refinement: does it move the MRI's
-background / grey-matter split to where the truth has it?
+background / grey-matter split to where the truth has it? ``classifiers`` fits other per-voxel
+classifiers on the ilastik-equivalent forest's features: is the forest the best of its kind here?
 
     python benchmarks/blend_offline.py sets nuclei2d/points/dense/0 nuclei2d/points/sparse/0 \\
         nuclei2d/points/sparse/1 nuclei2d/scribbles/dense/0 nuclei2d/scribbles/sparse/0 \\
@@ -31,8 +32,13 @@ background / grey-matter split to where the truth has it?
     python benchmarks/blend_offline.py widths nuclei2d/points/dense/0 nuclei2d/points/sparse/0 \\
         nuclei2d/points/sparse/1 nuclei2d/scribbles/dense/0 nuclei2d/scribbles/sparse/0
                                             # the refinement's intensity width, from the cache
-    python benchmarks/blend_offline.py ceiling mri3d/scribbles/sparse/{0,1,2} \
+    python benchmarks/blend_offline.py ceiling mri3d/scribbles/sparse/{0,1,2} \\
         mri3d/scribbles/dense/{0,1,2}       # the best any mix reaches, from the cache (6 min)
+    python benchmarks/blend_offline.py ceiling --forest rf \\
+        mri3d/scribbles/sparse/{0,1,2} mri3d/scribbles/dense/{0,1,2} --weights 0.5 0.8 0.9 0.95
+                                            # the network mixed with the RF itself (10 min)
+    python benchmarks/blend_offline.py classifiers mri3d/scribbles/sparse/{0,1,2} \\
+        mri3d/scribbles/dense/{0,1,2}       # other classifiers on ilastik's bank (8 min, no cache)
     python benchmarks/blend_offline.py recalibration mri3d/scribbles/dense/0      # about 6 min
     python benchmarks/blend_offline.py prevalence mri3d/scribbles/sparse/{0,1,2} \\
         mri3d/scribbles/dense/{0,1,2}       # the mix re-weighted to its class shares (6 min)
@@ -224,20 +230,29 @@ def _print_means(rows: dict[str, list[float]]) -> None:
         print(f"  {key}: {np.mean(dice):.4f}  ({', '.join(f'{d:.4f}' for d in dice)})", flush=True)
 
 
-def ceiling(specs: list[str], weights: list[float]) -> None:
+def ceiling(specs: list[str], weights: list[float], forest_kind: str = "teacher") -> None:
     """The Dice of every mix of the cached network and forest, against the ilastik-equivalent forest.
 
     For each mix weight ``a`` (1 = the forest alone), without and with the CRF refinement, with the
     network as it is and with its class prevalence matched to the forest's (:func:`_matched`). The
     last lines give each row's mean over the sets beside the ilastik-equivalent forest's.
+    ``forest_kind`` "rf" mixes the network with the ilastik-equivalent forest itself (fitted on all
+    labelled voxels, ilastik's whole filter bank) instead of the cached teacher forest.
     """
     rows: dict[str, list[float]] = {}
     for spec in specs:
         data, sample, source, image, labels, values = _cached(spec)
         seed = int(spec.split("/")[3])
         network, forest = data["net"].astype(np.float32), data["forest"].astype(np.float32)
+        if forest_kind == "rf":
+            forest = accuracy.rf_probabilities(sample, labels, seed=seed, threads=2)
+            if len(forest) != len(network):
+                raise SystemExit(f"{spec}: the RF saw {len(forest)} classes, the network {len(network)}")
         matched = _matched(network, forest)
-        rf = accuracy.run_rf(sample, labels, seed=seed, threads=2)["dice"]["any"]
+        if forest_kind == "rf":
+            rf = _dice(forest, values, sample)  # the forest's argmax is its prediction
+        else:
+            rf = accuracy.run_rf(sample, labels, seed=seed, threads=2)["dice"]["any"]
         rows.setdefault("ilastik-equivalent RF", []).append(rf)
         rows.setdefault("network alone", []).append(_dice(network, values, sample))
         cells = [f"RF {rf:.4f}", f"network {rows['network alone'][-1]:.4f}"]
@@ -289,6 +304,57 @@ def prevalence(specs: list[str]) -> None:
             cells.append(f"{key} {rows[key][-1]:.4f}")
         shares = ", ".join(f"{f / len(factors):.3f}" for f in factors)
         print(f"{spec} (a = {a:.2f}, the mix's estimated shares {shares}): " + "; ".join(cells), flush=True)
+    _print_means(rows)
+
+
+#: Per-voxel classifiers that ``classifiers`` fits beside the ilastik-equivalent forest (``rf``).
+CLASSIFIERS = {
+    "rf": {},
+    "rf, balanced class weights": {"class_weight": "balanced"},
+    "rf, at least 5 voxels a leaf": {"min_samples_leaf": 5},
+    "rf, half the features a split": {"max_features": 0.5},
+    "extra trees": {},
+    "histogram gradient boosting": {},
+}
+
+
+def classifiers(specs: list[str], threads: int = 2) -> None:
+    """Other per-voxel classifiers on ilastik's filter bank (:data:`CLASSIFIERS`), beside its forest.
+
+    The same features and labelled voxels as ``accuracy.run_rf`` (the image's bank computed once:
+    every set must be of one data set); each classifier's hard prediction of the whole image.
+    """
+    from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
+
+    from scribbleseg.core.features import filter_bank
+    from scribbleseg.samples import load_sample
+
+    datasets = {spec.split("/")[0] for spec in specs}
+    if len(datasets) != 1:
+        raise SystemExit(f"classifiers takes the sets of one data set, got {sorted(datasets)}")
+    sample = load_sample(datasets.pop())
+    features = filter_bank(sample.image[None].astype(np.float32), spacing=sample.spacing)
+    table = np.ascontiguousarray(features.reshape(len(features), -1).T)
+    rows: dict[str, list[float]] = {}
+    for spec in specs:
+        _, kind, density, seed_text = spec.split("/")
+        seed = int(seed_text)
+        labels = accuracy.annotate(sample, kind, density, seed)
+        labelled = labels.ravel() > 0
+        cells = []
+        for name, options in CLASSIFIERS.items():
+            if name == "extra trees":
+                model: Any = ExtraTreesClassifier(n_estimators=100, n_jobs=threads, random_state=seed)
+            elif name == "histogram gradient boosting":
+                model = HistGradientBoostingClassifier(random_state=seed)
+            else:
+                model = RandomForestClassifier(n_estimators=100, n_jobs=threads, random_state=seed, **options)
+            start = time.perf_counter()
+            model.fit(table[labelled], labels.ravel()[labelled])
+            prediction = model.predict(table).reshape(labels.shape)
+            rows.setdefault(name, []).append(accuracy.foreground_dice(prediction, sample))
+            cells.append(f"{name} {rows[name][-1]:.4f} ({time.perf_counter() - start:.0f} s)")
+        print(f"{spec}: " + "; ".join(cells), flush=True)
     _print_means(rows)
 
 
@@ -368,6 +434,12 @@ def main() -> int:
     four = sub.add_parser("ceiling", help="every mix of the cached network and forest, against the RF")
     four.add_argument("specs", nargs="+", metavar="DATASET/KIND/DENSITY/SEED")
     four.add_argument("--weights", type=float, nargs="+", default=[0.8, 0.9])
+    four.add_argument(
+        "--forest",
+        choices=("teacher", "rf"),
+        default="teacher",
+        help="mix the network with the cached teacher forest or with the ilastik-equivalent RF",
+    )
     five = sub.add_parser("recalibration", help="a trained set's batch-norm statistics, drawn again")
     five.add_argument("spec", metavar="DATASET/KIND/DENSITY/SEED")
     five.add_argument("--draws", type=int, default=3)
@@ -375,13 +447,17 @@ def main() -> int:
     five.add_argument("--budget", type=float, default=180.0)
     six = sub.add_parser("prevalence", help="the refined mix re-weighted to its estimated class shares")
     six.add_argument("specs", nargs="+", metavar="DATASET/KIND/DENSITY/SEED")
+    seven = sub.add_parser("classifiers", help="other per-voxel classifiers on ilastik's bank, beside its RF")
+    seven.add_argument("specs", nargs="+", metavar="DATASET/KIND/DENSITY/SEED")
     args = parser.parse_args()
-    if args.what == "prevalence":
+    if args.what == "classifiers":
+        classifiers(args.specs)
+    elif args.what == "prevalence":
         prevalence(args.specs)
     elif args.what == "recalibration":
         recalibration(args.spec, args.draws, args.batches, args.budget)
     elif args.what == "ceiling":
-        ceiling(args.specs, args.weights)
+        ceiling(args.specs, args.weights, args.forest)
     elif args.what == "sets":
         sets(args.specs, args.budget)
     elif args.what == "widths":

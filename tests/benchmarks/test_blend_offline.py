@@ -58,6 +58,26 @@ def test_ceiling_prints_every_mix_beside_the_forest_of_accuracy_py(tmp_path, mon
     assert 0.8 < float(rows["ilastik-equivalent RF"]) < 1.0
 
 
+def test_ceiling_can_mix_the_network_with_the_rf_itself(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(blend_offline, "CACHE", tmp_path)
+    _cache_sparse_scribbles(tmp_path, shift=3, weight=0.3)
+    blend_offline.ceiling(["nuclei2d/scribbles/sparse/0"], [0.8], "rf")
+    out = capsys.readouterr().out
+    rows = dict(re.findall(r"^  (.+?): ([01]\.\d+)", out, flags=re.M))
+    # The forest in the mix is now the RF: alone it is the RF's own prediction, not the cached truth.
+    assert float(rows["a = 1.00"]) == float(rows["ilastik-equivalent RF"])
+    assert 0.8 < float(rows["ilastik-equivalent RF"]) < 1.0
+
+
+def test_classifiers_prints_each_beside_the_rf(capsys):
+    blend_offline.classifiers(["nuclei2d/points/dense/0"], threads=1)
+    out = capsys.readouterr().out
+    rows = dict(re.findall(r"^  (.+?): ([01]\.\d+)", out, flags=re.M))
+    assert set(rows) == set(blend_offline.CLASSIFIERS)
+    with pytest.raises(SystemExit, match="one data set"):
+        blend_offline.classifiers(["nuclei2d/points/dense/0", "mri3d/points/dense/0"])
+
+
 def test_prevalence_prints_each_correction_of_the_mix(tmp_path, monkeypatch, capsys):
     monkeypatch.setattr(blend_offline, "CACHE", tmp_path)
     _cache_sparse_scribbles(tmp_path, shift=0, weight=0.5)
