@@ -118,7 +118,9 @@ class TrainUpdate:
         Why the run ended (only when ``done``).
     message : str or None
         Something the user should be told, e.g. that training ran out of memory
-        and continues with a smaller patch or on the CPU.
+        and continues with a smaller patch or on the CPU, or that a step was
+        skipped because its loss or gradients were not finite (such records do
+        not advance ``step``).
     """
 
     step: int
