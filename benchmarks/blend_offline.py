@@ -307,25 +307,29 @@ def prevalence(specs: list[str]) -> None:
     _print_means(rows)
 
 
-#: Per-voxel classifiers that ``classifiers`` fits beside the ilastik-equivalent forest (``rf``).
-CLASSIFIERS = {
-    "rf": {},
-    "rf, balanced class weights": {"class_weight": "balanced"},
-    "rf, at least 5 voxels a leaf": {"min_samples_leaf": 5},
-    "rf, half the features a split": {"max_features": 0.5},
-    "extra trees": {},
-    "histogram gradient boosting": {},
-}
+def _classifiers(seed: int, threads: int) -> dict[str, Any]:
+    """The per-voxel classifiers of ``classifiers``, unfitted: the ilastik-equivalent forest first."""
+    from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
+
+    def forest(**options: Any) -> Any:
+        return RandomForestClassifier(n_estimators=100, n_jobs=threads, random_state=seed, **options)
+
+    return {
+        "rf": forest(),
+        "rf, balanced class weights": forest(class_weight="balanced"),
+        "rf, at least 5 voxels a leaf": forest(min_samples_leaf=5),
+        "rf, half the features a split": forest(max_features=0.5),
+        "extra trees": ExtraTreesClassifier(n_estimators=100, n_jobs=threads, random_state=seed),
+        "histogram gradient boosting": HistGradientBoostingClassifier(random_state=seed),
+    }
 
 
 def classifiers(specs: list[str], threads: int = 2) -> None:
-    """Other per-voxel classifiers on ilastik's filter bank (:data:`CLASSIFIERS`), beside its forest.
+    """Other per-voxel classifiers on ilastik's filter bank (:func:`_classifiers`), beside its forest.
 
     The same features and labelled voxels as ``accuracy.run_rf`` (the image's bank computed once:
     every set must be of one data set); each classifier's hard prediction of the whole image.
     """
-    from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
-
     from scribbleseg.core.features import filter_bank
     from scribbleseg.samples import load_sample
 
@@ -342,13 +346,7 @@ def classifiers(specs: list[str], threads: int = 2) -> None:
         labels = accuracy.annotate(sample, kind, density, seed)
         labelled = labels.ravel() > 0
         cells = []
-        for name, options in CLASSIFIERS.items():
-            if name == "extra trees":
-                model: Any = ExtraTreesClassifier(n_estimators=100, n_jobs=threads, random_state=seed)
-            elif name == "histogram gradient boosting":
-                model = HistGradientBoostingClassifier(random_state=seed)
-            else:
-                model = RandomForestClassifier(n_estimators=100, n_jobs=threads, random_state=seed, **options)
+        for name, model in _classifiers(seed, threads).items():
             start = time.perf_counter()
             model.fit(table[labelled], labels.ravel()[labelled])
             prediction = model.predict(table).reshape(labels.shape)
