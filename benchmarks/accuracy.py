@@ -146,16 +146,26 @@ def foreground_dice(labels: np.ndarray, sample: Any) -> float:
 
 
 # ----------------------------------------------------------------------------- methods
-def _fit_rf(sample: Any, labels: np.ndarray, *, seed: int, threads: int) -> tuple[Any, np.ndarray]:
-    """The ilastik-equivalent forest fitted on ``labels``, and the image's feature table (voxels, F)."""
-    from sklearn.ensemble import RandomForestClassifier
-
+def feature_table(sample: Any) -> np.ndarray:
+    """ilastik's filter bank of the sample's image as a table (voxels, features)."""
     from scribbleseg.core.features import filter_bank
 
     features = filter_bank(sample.image[None].astype(np.float32), spacing=sample.spacing)
-    table = features.reshape(len(features), -1).T
+    return features.reshape(len(features), -1).T
+
+
+def ilastik_forest(*, seed: int, threads: int, **options: Any) -> Any:
+    """The ilastik-equivalent random forest, unfitted (``options``: other scikit-learn settings)."""
+    from sklearn.ensemble import RandomForestClassifier
+
+    return RandomForestClassifier(n_estimators=100, n_jobs=threads, random_state=seed, **options)
+
+
+def _fit_rf(sample: Any, labels: np.ndarray, *, seed: int, threads: int) -> tuple[Any, np.ndarray]:
+    """The ilastik-equivalent forest fitted on ``labels``, and the image's feature table (voxels, F)."""
+    table = feature_table(sample)
     labelled = labels.ravel() > 0
-    forest = RandomForestClassifier(n_estimators=100, n_jobs=threads, random_state=seed)
+    forest = ilastik_forest(seed=seed, threads=threads)
     forest.fit(table[labelled], labels.ravel()[labelled])
     return forest, table
 

@@ -248,11 +248,10 @@ def ceiling(specs: list[str], weights: list[float], forest_kind: str = "teacher"
             forest = accuracy.rf_probabilities(sample, labels, seed=seed, threads=2)
             if len(forest) != len(network):
                 raise SystemExit(f"{spec}: the RF saw {len(forest)} classes, the network {len(network)}")
-        matched = _matched(network, forest)
-        if forest_kind == "rf":
             rf = _dice(forest, values, sample)  # the forest's argmax is its prediction
         else:
             rf = accuracy.run_rf(sample, labels, seed=seed, threads=2)["dice"]["any"]
+        matched = _matched(network, forest)
         rows.setdefault("ilastik-equivalent RF", []).append(rf)
         rows.setdefault("network alone", []).append(_dice(network, values, sample))
         cells = [f"RF {rf:.4f}", f"network {rows['network alone'][-1]:.4f}"]
@@ -309,10 +308,10 @@ def prevalence(specs: list[str]) -> None:
 
 def _classifiers(seed: int, threads: int) -> dict[str, Any]:
     """The per-voxel classifiers of ``classifiers``, unfitted: the ilastik-equivalent forest first."""
-    from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier, RandomForestClassifier
+    from sklearn.ensemble import ExtraTreesClassifier, HistGradientBoostingClassifier
 
     def forest(**options: Any) -> Any:
-        return RandomForestClassifier(n_estimators=100, n_jobs=threads, random_state=seed, **options)
+        return accuracy.ilastik_forest(seed=seed, threads=threads, **options)
 
     return {
         "rf": forest(),
@@ -330,15 +329,13 @@ def classifiers(specs: list[str], threads: int = 2) -> None:
     The same features and labelled voxels as ``accuracy.run_rf`` (the image's bank computed once:
     every set must be of one data set); each classifier's hard prediction of the whole image.
     """
-    from scribbleseg.core.features import filter_bank
     from scribbleseg.samples import load_sample
 
     datasets = {spec.split("/")[0] for spec in specs}
     if len(datasets) != 1:
         raise SystemExit(f"classifiers takes the sets of one data set, got {sorted(datasets)}")
     sample = load_sample(datasets.pop())
-    features = filter_bank(sample.image[None].astype(np.float32), spacing=sample.spacing)
-    table = np.ascontiguousarray(features.reshape(len(features), -1).T)
+    table = np.ascontiguousarray(accuracy.feature_table(sample))
     rows: dict[str, list[float]] = {}
     for spec in specs:
         _, kind, density, seed_text = spec.split("/")
